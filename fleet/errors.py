@@ -1,0 +1,101 @@
+"""Errors raised by the Fleet core.
+
+The edges map them to their own vocabulary: HTTP status codes in ``provisioning``,
+CONNACK return codes in ``fleet.broker``, exit codes in ``fleet.cli``.
+
+    FleetError
+     +-- ConfigError                 a setting has a bad value (carries key, value)
+     +-- CAError                     the CA on disk is missing, unreadable or locked
+     +-- PKIError                    something about an X.509 object
+     |    +-- CSRError               malformed, unsigned or tampered CSR
+     |    +-- KeyPolicyError         key type or size not accepted
+     |    +-- IdentityError          a CSR or certificate names the wrong identity
+     |    +-- ProfileError           a CSR asks for what the profile forbids
+     +-- AuthenticationError         a credential is missing or wrong (HTTP 401)
+     |    +-- TokenError             unknown, expired, used up, revoked, wrong group/device
+     +-- ForbiddenError              authenticated, but not allowed (HTTP 403)
+     |    +-- DeviceNotActiveError   device is revoked or suspended
+     |    +-- CertificateNotActiveError   certificate is superseded, revoked or expired
+     +-- NotFoundError               unknown device, certificate or token
+     +-- ConflictError               the operation does not apply in the current state
+     +-- RegistryUnavailableError    the database cannot be reached (HTTP 503)
+"""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Base of every error the Fleet core raises on purpose."""
+
+    def __init__(self, message: str, **context: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(FleetError):
+    """A configuration key has a value Fleet cannot use."""
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        super().__init__(f"config {key}={value!r}: {reason}", key=key, value=value)
+        self.key = key
+        self.value = value
+
+
+class CAError(FleetError):
+    """The CA cannot be created, loaded or unlocked."""
+
+
+class PKIError(FleetError):
+    """An X.509 object is unacceptable."""
+
+
+class CSRError(PKIError):
+    """The CSR is malformed, oversized, unsigned or tampered with."""
+
+
+class KeyPolicyError(PKIError):
+    """The public key type or size is not accepted."""
+
+
+class IdentityError(PKIError):
+    """A CSR or certificate names another (or no valid) identity."""
+
+
+class ProfileError(PKIError):
+    """A CSR requests extensions the certificate profile forbids."""
+
+
+class AuthenticationError(FleetError):
+    """A credential is missing or does not authenticate."""
+
+
+class TokenError(AuthenticationError):
+    """A bootstrap token cannot be used: unknown, expired, used up, revoked or wrong binding."""
+
+
+class ForbiddenError(FleetError):
+    """The caller is authenticated but not allowed to do this."""
+
+
+class DeviceNotActiveError(ForbiddenError):
+    """The device is revoked or suspended."""
+
+
+class CertificateNotActiveError(ForbiddenError):
+    """The certificate is superseded, revoked, expired or unknown to the registry."""
+
+
+class NotFoundError(FleetError):
+    """An unknown device, certificate or token."""
+
+
+class ConflictError(FleetError):
+    """The operation does not apply to the current state."""
+
+
+class RegistryUnavailableError(FleetError):
+    """The registry database cannot be reached."""

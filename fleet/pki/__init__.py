@@ -1,0 +1,52 @@
+"""Pure X.509 for Fleet: keys, CSRs, profiles, issuing, CRLs, PKCS#7, verification.
+
+Nothing here reads files, opens sockets or reads the clock: ``now`` is always a parameter.
+"""
+
+from fleet.pki.crl import REASON_CODES, RevokedEntry, build_crl, check_reason
+from fleet.pki.csr import (
+    CSRRequest,
+    check_requested_identity,
+    decode_base64,
+    inspect_csr,
+    load_csr,
+    same_subject_and_san,
+)
+from fleet.pki.identity import (
+    DEVICE_ID_PATTERN,
+    Identity,
+    check_device_id,
+    check_service_name,
+    identity_from_certificate,
+)
+from fleet.pki.issue import issue_certificate
+from fleet.pki.keys import (
+    KEY_TYPES,
+    KeyType,
+    PrivateKey,
+    check_key_policy,
+    generate_private_key,
+    load_private_key_pem,
+    private_key_pem,
+)
+from fleet.pki.pkcs7 import certs_only, load_certs_only
+from fleet.pki.profiles import Profile, ca_profile, identity_profile, server_profile
+from fleet.pki.verify import (
+    Reason,
+    Verdict,
+    certificate_pem,
+    fingerprint_sha256,
+    load_certificate,
+    verify_leaf,
+)
+
+__all__ = [
+    "DEVICE_ID_PATTERN", "KEY_TYPES", "REASON_CODES", "CSRRequest", "Identity", "KeyType",
+    "PrivateKey", "Profile", "Reason", "RevokedEntry", "Verdict", "build_crl", "ca_profile",
+    "certificate_pem", "certs_only", "check_device_id", "check_key_policy", "check_reason",
+    "check_requested_identity", "check_service_name", "decode_base64", "fingerprint_sha256",
+    "generate_private_key", "identity_from_certificate", "identity_profile", "inspect_csr",
+    "issue_certificate", "load_certificate", "load_certs_only", "load_csr",
+    "load_private_key_pem", "private_key_pem", "same_subject_and_san", "server_profile",
+    "verify_leaf",
+]

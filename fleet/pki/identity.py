@@ -1,0 +1,104 @@
+"""Device and service identities and their SPIFFE URIs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from fleet.errors import IdentityError
+
+DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""A device id is safe as a single MQTT topic level and as a URI path segment."""
+
+SERVICE_NAME_PATTERN = DEVICE_ID_PATTERN
+TRUST_DOMAIN_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$")
+
+Kind = Literal["device", "service"]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a certificate speaks for: a device or a backend service."""
+
+    kind: Kind
+    name: str
+
+    def spiffe_uri(self, trust_domain: str) -> str:
+        return f"spiffe://{trust_domain}/{self.kind}/{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+def check_device_id(device_id: str) -> str:
+    """Return *device_id* unchanged if it is a valid device id, else raise IdentityError."""
+    if not isinstance(device_id, str) or not DEVICE_ID_PATTERN.fullmatch(device_id):
+        raise IdentityError(
+            f"invalid device id {device_id!r}: use 1-64 characters of A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit",
+            device_id=device_id,
+        )
+    return device_id
+
+
+def check_service_name(name: str) -> str:
+    """Return *name* unchanged if it is a valid service name, else raise IdentityError."""
+    if not isinstance(name, str) or not SERVICE_NAME_PATTERN.fullmatch(name):
+        raise IdentityError(
+            f"invalid service name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ -",
+            service=name,
+        )
+    return name
+
+
+def device(device_id: str) -> Identity:
+    return Identity("device", check_device_id(device_id))
+
+
+def service(name: str) -> Identity:
+    return Identity("service", check_service_name(name))
+
+
+def parse_spiffe_uri(uri: str, trust_domain: str) -> Identity:
+    """Parse ``spiffe://<trust_domain>/<device|service>/<name>``."""
+    prefix = f"spiffe://{trust_domain}/"
+    if not uri.startswith(prefix):
+        raise IdentityError(f"URI {uri!r} is not in trust domain {trust_domain!r}", uri=uri)
+    kind, sep, name = uri[len(prefix) :].partition("/")
+    if not sep or kind not in ("device", "service"):
+        raise IdentityError(f"URI {uri!r} names neither a device nor a service", uri=uri)
+    return device(name) if kind == "device" else service(name)
+
+
+def common_names(name: x509.Name) -> list[str]:
+    return [str(a.value) for a in name.get_attributes_for_oid(NameOID.COMMON_NAME)]
+
+
+def uri_sans(extensions: x509.Extensions) -> list[str]:
+    try:
+        san = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def identity_from_certificate(cert: x509.Certificate, trust_domain: str) -> Identity:
+    """The identity of a certificate: from its one SPIFFE URI SAN, cross-checked with its CN."""
+    uris = uri_sans(cert.extensions)
+    if len(uris) != 1:
+        raise IdentityError(
+            f"certificate must carry exactly one URI SAN, found {len(uris)}",
+            serial=format(cert.serial_number, "x"),
+        )
+    ident = parse_spiffe_uri(uris[0], trust_domain)
+    cns = common_names(cert.subject)
+    if cns != [ident.name]:
+        raise IdentityError(
+            f"certificate CN {cns!r} does not match its URI SAN {uris[0]!r}",
+            serial=format(cert.serial_number, "x"),
+        )
+    return ident

@@ -1,0 +1,125 @@
+"""Verifying a leaf certificate against the fleet CA, with a precise reason on failure."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from fleet.errors import IdentityError
+from fleet.pki.identity import Identity, identity_from_certificate
+
+
+class Reason(enum.StrEnum):
+    """Why a certificate is not acceptable."""
+
+    OK = "ok"
+    MALFORMED = "malformed"
+    UNKNOWN_ISSUER = "unknown-issuer"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not-yet-valid"
+    REVOKED = "revoked"
+    WRONG_KEY_USAGE = "wrong-key-usage"
+    IDENTITY_MISMATCH = "identity-mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    reason: Reason
+    detail: str
+    identity: Identity | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is Reason.OK
+
+
+def load_certificate(data: bytes) -> x509.Certificate:
+    """Load a PEM or DER certificate; raises ValueError when it is neither."""
+    stripped = data.strip()
+    if stripped.startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(stripped)
+    return x509.load_der_x509_certificate(stripped)
+
+
+def verify_leaf(
+    data: bytes | x509.Certificate,
+    *,
+    issuer: x509.Certificate,
+    trust_domain: str,
+    now: datetime,
+    revoked_serials: Collection[int] = (),
+    expected: Identity | None = None,
+) -> Verdict:
+    """Check issuer, signature, validity, revocation, clientAuth usage and identity in turn."""
+    try:
+        cert = data if isinstance(data, x509.Certificate) else load_certificate(data)
+    except ValueError as exc:
+        return Verdict(Reason.MALFORMED, f"not a certificate: {exc}")
+    serial = format(cert.serial_number, "x")
+    if cert.issuer != issuer.subject:
+        return Verdict(Reason.UNKNOWN_ISSUER, f"issued by {cert.issuer.rfc4514_string()}, "
+                       f"not by {issuer.subject.rfc4514_string()}")
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        return Verdict(Reason.UNKNOWN_ISSUER, f"signature does not verify with the fleet CA: "
+                       f"{exc or 'invalid signature'}")
+    if now < cert.not_valid_before_utc:
+        return Verdict(Reason.NOT_YET_VALID, f"serial {serial} is valid only from "
+                       f"{cert.not_valid_before_utc.isoformat()}")
+    if now >= cert.not_valid_after_utc:
+        return Verdict(Reason.EXPIRED, f"serial {serial} expired at "
+                       f"{cert.not_valid_after_utc.isoformat()}")
+    if cert.serial_number in revoked_serials:
+        return Verdict(Reason.REVOKED, f"serial {serial} is revoked")
+    usage = _usage_problem(cert)
+    if usage:
+        return Verdict(Reason.WRONG_KEY_USAGE, usage)
+    try:
+        identity = identity_from_certificate(cert, trust_domain)
+    except IdentityError as exc:
+        return Verdict(Reason.IDENTITY_MISMATCH, str(exc))
+    if expected is not None and identity != expected:
+        return Verdict(Reason.IDENTITY_MISMATCH, f"certificate is for {identity}, not {expected}",
+                       identity)
+    return Verdict(Reason.OK, f"valid certificate for {identity}", identity)
+
+
+def _usage_problem(cert: x509.Certificate) -> str | None:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if constraints.ca:
+            return "certificate is a CA, not a client certificate"
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return "certificate has no extended key usage; clientAuth is required"
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        return "certificate is not valid for clientAuth"
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not ku.digital_signature:
+            return "certificate key usage lacks digitalSignature"
+    except x509.ExtensionNotFound:
+        pass
+    return None
+
+
+def fingerprint_sha256(cert: x509.Certificate) -> str:
+    """Lower-case hex SHA-256 of the DER encoding."""
+
+
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def certificate_pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()

@@ -1,0 +1,134 @@
+"""Registry tables (SQLModel). Only hashes of token secrets are ever stored."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Integer, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the registry; use UTC-aware datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _time(*, index: bool = False, nullable: bool = False) -> Any:
+    return Field(sa_column=Column(UTCDateTime(), index=index, nullable=nullable))
+
+
+class DeviceStatus(enum.StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    REVOKED = "revoked"
+
+
+class CertificateStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SUPERSEDED = "superseded"
+    REVOKED = "revoked"
+
+
+class Device(SQLModel, table=True):
+    __tablename__ = "devices"
+
+    id: str = Field(primary_key=True, max_length=64)
+    group: str = Field(index=True, max_length=64)
+    status: str = Field(default=DeviceStatus.PENDING, index=True, max_length=16)
+    status_reason: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _time()
+    updated_at: datetime = _time()
+
+
+class Certificate(SQLModel, table=True):
+    __tablename__ = "certificates"
+
+    serial: str = Field(primary_key=True, max_length=40)
+    device_id: str | None = Field(default=None, index=True, foreign_key="devices.id")
+    service: str | None = Field(default=None, index=True, max_length=64)
+    fingerprint_sha256: str = Field(unique=True, max_length=64)
+    not_before: datetime = _time()
+    not_after: datetime = _time(index=True)
+    status: str = Field(default=CertificateStatus.ACTIVE, index=True, max_length=16)
+    revoked_at: datetime | None = _time(nullable=True)
+    revocation_reason: str | None = Field(default=None, max_length=32)
+    replaces: str | None = Field(default=None, max_length=40)
+    issued_at: datetime = _time()
+    pem: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class BootstrapToken(SQLModel, table=True):
+    __tablename__ = "bootstrap_tokens"
+
+    id: str = Field(primary_key=True, max_length=32)
+    secret_hash: str = Field(max_length=128)
+    group: str = Field(index=True, max_length=64)
+    device_id: str | None = Field(default=None, index=True, max_length=64)
+    uses_left: int = Field(sa_column=Column(Integer, nullable=False))
+    max_uses: int
+    expires_at: datetime = _time()
+    created_at: datetime = _time()
+    created_by: str = Field(max_length=128)
+    revoked_at: datetime | None = _time(nullable=True)
+
+
+class RevocationEvent(SQLModel, table=True):
+    """What the broker polls: each row drops live sessions of a certificate or a device."""
+
+    __tablename__ = "revocation_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    serial: str | None = Field(default=None, max_length=40)
+    device_id: str | None = Field(default=None, max_length=64)
+    kind: str = Field(max_length=16)  # revoked | suspended
+    created_at: datetime = _time()
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only record of every security decision."""
+
+    __tablename__ = "audit_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _time(index=True)
+    action: str = Field(index=True, max_length=64)
+    outcome: str = Field(max_length=16)  # ok | refused
+    actor: str = Field(max_length=128)
+    device_id: str | None = Field(default=None, index=True, max_length=64)
+    serial: str | None = Field(default=None, max_length=40)
+    reason: str | None = Field(default=None, sa_column=Column(String(512)))
+    detail: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class CRLState(SQLModel, table=True):
+    """A single row holding the last CRL number issued."""
+
+    __tablename__ = "crl_state"
+
+    id: int = Field(default=1, primary_key=True)
+    crl_number: int = Field(default=0)

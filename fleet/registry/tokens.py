@@ -1,0 +1,66 @@
+"""Bootstrap token rows. Consuming a use is one conditional UPDATE, safe under concurrency."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlmodel import Session, col, select, update
+
+from fleet.registry.models import BootstrapToken
+
+
+def add_tokens(*, session: Session, tokens: Sequence[BootstrapToken]) -> None:
+    session.add_all(tokens)
+    session.flush()
+
+
+def get_token(*, session: Session, token_id: str) -> BootstrapToken | None:
+    return session.get(BootstrapToken, token_id)
+
+
+def consume_token_use(*, session: Session, token_id: str, now: datetime) -> bool:
+    """Take one use of a live token; False when none is left (or it expired or was revoked)."""
+    result = session.exec(
+        update(BootstrapToken)
+        .where(
+            col(BootstrapToken.id) == token_id,
+            col(BootstrapToken.uses_left) > 0,
+            col(BootstrapToken.revoked_at).is_(None),
+            col(BootstrapToken.expires_at) > now,
+        )
+        .values(uses_left=col(BootstrapToken.uses_left) - 1)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)
+
+
+def revoke_tokens(*, session: Session, token_ids: Sequence[str], now: datetime) -> None:
+    if token_ids:
+        session.exec(
+            update(BootstrapToken)
+            .where(col(BootstrapToken.id).in_(list(token_ids)))
+            .values(revoked_at=now)
+        )
+
+
+def unused_tokens_for_device(*, session: Session, device_id: str) -> list[str]:
+    statement = select(BootstrapToken.id).where(
+        BootstrapToken.device_id == device_id,
+        col(BootstrapToken.revoked_at).is_(None),
+        col(BootstrapToken.uses_left) > 0,
+    )
+    return list(session.exec(statement).all())
+
+
+def list_tokens(
+    *, session: Session, group: str | None = None, device_id: str | None = None
+) -> Sequence[BootstrapToken]:
+    statement = select(BootstrapToken).order_by(
+        col(BootstrapToken.created_at), col(BootstrapToken.id)
+    )
+    if group:
+        statement = statement.where(BootstrapToken.group == group)
+    if device_id:
+        statement = statement.where(BootstrapToken.device_id == device_id)
+    return session.exec(statement).all()

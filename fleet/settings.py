@@ -1,0 +1,259 @@
+"""One settings object: config/fleet.toml, overridden by FLEET_* variables, then by flags."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from fleet.errors import ConfigError
+from fleet.pki.identity import DEVICE_ID_PATTERN, TRUST_DOMAIN_PATTERN
+from fleet.pki.keys import KEY_TYPES
+
+PROJECT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+DEFAULT_CONFIG = PROJECT_CONFIG_DIR / "fleet.toml"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, *, key: str = "duration") -> timedelta:
+    """Parse ``250ms``, ``60s``, ``15m``, ``24h`` or ``30d`` (a bare number means seconds)."""
+    value = str(text).strip()
+    if re.fullmatch(r"\d+(?:\.\d+)?", value):
+        value += "s"
+    match = _DURATION.match(value)
+    if not match:
+        raise ConfigError(key, text, "not a duration; write e.g. 250ms, 60s, 15m, 24h or 30d")
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ConfigError(key, text, "must be greater than zero")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    for unit in ("d", "h", "m", "s"):
+        if seconds >= _UNITS[unit] and seconds % _UNITS[unit] == 0:
+            return f"{int(seconds // _UNITS[unit])}{unit}"
+    return f"{int(seconds * 1000)}ms"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting Fleet reads, validated."""
+
+    data_dir: Path
+    trust_domain: str
+    organization: str
+    database_url: str
+    ca_key_type: str
+    root_lifetime: timedelta
+    issuing_lifetime: timedelta
+    passphrase_file: Path
+    device_lifetime: timedelta
+    service_lifetime: timedelta
+    server_lifetime: timedelta
+    renewal_fraction: float
+    public_base_url: str
+    hostnames: tuple[str, ...]
+    token_ttl: timedelta
+    token_uses: int
+    crl_next_update: timedelta
+    est_host: str
+    est_port: int
+    est_workers: int
+    est_max_body_bytes: int
+    est_max_concurrent_requests: int
+    est_auth_failures_per_minute: int
+    est_metrics_port: int
+    est_labels: Mapping[str, str]
+    broker_host: str
+    broker_port: int
+    acl_file: Path
+    connect_timeout: timedelta
+    revocation_poll_interval: timedelta
+    max_connections: int
+    max_concurrent_handshakes: int
+    max_queued_messages: int
+    max_packet_bytes: int
+    audit_refusals_per_minute: int
+    config_file: Path = field(default=DEFAULT_CONFIG)
+
+    # Paths inside the data dir, in one place.
+    @property
+    def ca_dir(self) -> Path:
+        return self.data_dir / "ca"
+
+    @property
+    def server_dir(self) -> Path:
+        return self.data_dir / "server"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'fleet.db').resolve()}"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with CLI flag values applied (None means "not given") and re-validated."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        return _validated(replace(self, **given)) if given else self
+
+
+# (section, key) in fleet.toml -> attribute of Settings and its parser.
+_SCHEMA: dict[tuple[str, str], tuple[str, str]] = {
+    ("fleet", "data_dir"): ("data_dir", "path"),
+    ("fleet", "trust_domain"): ("trust_domain", "str"),
+    ("fleet", "organization"): ("organization", "str"),
+    ("database", "url"): ("database_url", "str"),
+    ("ca", "key_type"): ("ca_key_type", "str"),
+    ("ca", "root_lifetime"): ("root_lifetime", "duration"),
+    ("ca", "issuing_lifetime"): ("issuing_lifetime", "duration"),
+    ("ca", "passphrase_file"): ("passphrase_file", "path"),
+    ("certificates", "device_lifetime"): ("device_lifetime", "duration"),
+    ("certificates", "service_lifetime"): ("service_lifetime", "duration"),
+    ("certificates", "server_lifetime"): ("server_lifetime", "duration"),
+    ("certificates", "renewal_fraction"): ("renewal_fraction", "float"),
+    ("certificates", "public_base_url"): ("public_base_url", "str"),
+    ("certificates", "hostnames"): ("hostnames", "list"),
+    ("tokens", "ttl"): ("token_ttl", "duration"),
+    ("tokens", "uses"): ("token_uses", "int"),
+    ("crl", "next_update"): ("crl_next_update", "duration"),
+    ("est", "host"): ("est_host", "str"),
+    ("est", "port"): ("est_port", "int"),
+    ("est", "workers"): ("est_workers", "int"),
+    ("est", "max_body_bytes"): ("est_max_body_bytes", "int"),
+    ("est", "max_concurrent_requests"): ("est_max_concurrent_requests", "int"),
+    ("est", "auth_failures_per_minute"): ("est_auth_failures_per_minute", "int"),
+    ("est", "metrics_port"): ("est_metrics_port", "int"),
+    ("est", "labels"): ("est_labels", "table"),
+    ("broker", "host"): ("broker_host", "str"),
+    ("broker", "port"): ("broker_port", "int"),
+    ("broker", "acl_file"): ("acl_file", "path"),
+    ("broker", "connect_timeout"): ("connect_timeout", "duration"),
+    ("broker", "revocation_poll_interval"): ("revocation_poll_interval", "duration"),
+    ("broker", "max_connections"): ("max_connections", "int"),
+    ("broker", "max_concurrent_handshakes"): ("max_concurrent_handshakes", "int"),
+    ("broker", "max_queued_messages"): ("max_queued_messages", "int"),
+    ("broker", "max_packet_bytes"): ("max_packet_bytes", "int"),
+    ("broker", "audit_refusals_per_minute"): ("audit_refusals_per_minute", "int"),
+}
+
+
+def env_name(section: str, key: str) -> str:
+    return f"FLEET_{key.upper()}" if section == "fleet" else f"FLEET_{section}_{key}".upper()
+
+
+def _parse(kind: str, key: str, raw: Any) -> Any:
+    if kind == "duration":
+        return parse_duration(raw, key=key)
+    if kind == "int":
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(key, raw, "not an integer") from None
+    if kind == "float":
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(key, raw, "not a number") from None
+    if kind == "path":
+        return Path(str(raw)).expanduser() if str(raw) else Path()
+    if kind == "list":
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, list):
+            raise ConfigError(key, raw, "not a list")
+        return tuple(str(i).strip() for i in items if str(i).strip())
+    if kind == "table":
+        if isinstance(raw, str):  # env form: "label=group,label2=group2"
+            pairs = [p.split("=", 1) for p in raw.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ConfigError(key, raw, "write label=group pairs separated by commas")
+            raw = {k.strip(): v.strip() for k, v in pairs}
+        if not isinstance(raw, dict):
+            raise ConfigError(key, raw, "not a table")
+        return {str(k): str(v) for k, v in raw.items()}
+    if not isinstance(raw, str):
+        raise ConfigError(key, raw, "not a string")
+    return raw
+
+
+def load_settings(
+    config_file: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the config file, apply FLEET_* overrides, and validate everything."""
+    env = os.environ if environ is None else environ
+    path = Path(config_file or env.get("FLEET_CONFIG") or DEFAULT_CONFIG)
+    try:
+        document = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("config", str(path), "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", str(path), f"not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for section, table in document.items():
+        if not isinstance(table, dict):
+            raise ConfigError(section, table, "expected a [section]")
+        for key, raw in table.items():
+            if (section, key) not in _SCHEMA:
+                raise ConfigError(f"{section}.{key}", raw, "unknown setting")
+    for (section, key), (attribute, kind) in _SCHEMA.items():
+        dotted = f"{section}.{key}"
+        variable = env_name(section, key)
+        if variable in env:
+            values[attribute] = _parse(kind, variable, env[variable])
+        elif key in document.get(section, {}):
+            values[attribute] = _parse(kind, dotted, document[section][key])
+        elif kind == "table":
+            values[attribute] = {}
+        else:
+            raise ConfigError(dotted, None, f"missing from {path}")
+    acl = values["acl_file"]
+    if not acl.is_absolute():
+        values["acl_file"] = path.resolve().parent / acl
+    return _validated(Settings(config_file=path, **values))
+
+
+def _validated(s: Settings) -> Settings:
+    def bad(attribute: str, reason: str) -> ConfigError:
+        section, key = next(sk for sk, (a, _) in _SCHEMA.items() if a == attribute)
+        return ConfigError(f"{section}.{key}", getattr(s, attribute), reason)
+
+    if not TRUST_DOMAIN_PATTERN.fullmatch(s.trust_domain):
+        raise bad("trust_domain", "use lower-case letters, digits, dots and hyphens")
+    if s.database_url and not s.database_url.startswith(("sqlite:///", "postgresql")):
+        raise bad("database_url", "use sqlite:///PATH or postgresql+psycopg://...")
+    if s.ca_key_type not in KEY_TYPES:
+        raise bad("ca_key_type", f"use one of {', '.join(KEY_TYPES)}")
+    if not 0 < s.renewal_fraction < 1:
+        raise bad("renewal_fraction", "must be between 0 and 1")
+    if s.public_base_url and not s.public_base_url.startswith(("http://", "https://")):
+        raise bad("public_base_url", "must start with http:// or https://")
+    if not s.hostnames:
+        raise bad("hostnames", "name at least one hostname or IP address")
+    for attribute in ("est_port", "broker_port", "est_metrics_port"):
+        if not 0 <= getattr(s, attribute) <= 65535:
+            raise bad(attribute, "must be a port number 0-65535")
+    for attribute in (
+        "token_uses", "est_workers", "est_max_body_bytes", "est_max_concurrent_requests",
+        "est_auth_failures_per_minute", "max_connections", "max_concurrent_handshakes",
+        "max_queued_messages", "max_packet_bytes", "audit_refusals_per_minute",
+    ):
+        if getattr(s, attribute) < 1:
+            raise bad(attribute, "must be at least 1")
+    for label, group in s.est_labels.items():
+        if label in RESERVED_LABELS or not DEVICE_ID_PATTERN.fullmatch(label):
+            raise bad("est_labels", f"label {label!r} is not allowed")
+        if not DEVICE_ID_PATTERN.fullmatch(group):
+            raise bad("est_labels", f"group {group!r} is not a valid group name")
+    return s
+
+
+RESERVED_LABELS = frozenset({"cacerts", "simpleenroll", "simplereenroll", "csrattrs",
+                             "serverkeygen", "fullcmc"})
+"""RFC 7030 3.2.2: a CA label must not equal an operation path segment."""
+
+SETTING_NAMES = tuple(f.name for f in fields(Settings))
