@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -28,6 +29,28 @@ def postgres_url() -> str | None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{POSTGRES_ENV} is not set: CI must run the PostgreSQL tests (.ci/run)")
     pytest.skip(f"no PostgreSQL: set {POSTGRES_ENV} (see tests/pg.sh) to run this test")
+
+
+def require_tool(name: str) -> str:
+    """Path of a command-line tool the test needs; missing: fail under CI, skip elsewhere."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if path:
+        return path
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{name} is not installed: CI must run this test (.ci/run installs it)")
+    pytest.skip(f"{name} is not installed")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Any:
+    """Under CI=true a skipped test is a failure: CI must exercise everything."""
+    report = yield
+    if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true: {report.longrepr}"
+    return report
 
 
 def make_settings(data_dir: Path, **env: str) -> Settings:
