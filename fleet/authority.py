@@ -36,7 +36,7 @@ from fleet.registry import devices as devices_db
 from fleet.registry import events as events_db
 from fleet.registry import tokens as tokens_db
 from fleet.registry.engine import session as new_session
-from fleet.registry.engine import unavailable_as_error
+from fleet.registry.engine import unavailable_as_error, write_session
 from fleet.registry.models import (
     BootstrapToken,
     Certificate,
@@ -118,8 +118,13 @@ class Authority:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One database transaction; commits on success, rolls back on any exception."""
-        with unavailable_as_error(), new_session(self.engine) as session, session.begin():
-            yield session
+        with unavailable_as_error(), write_session(self.engine) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
 
     def audit(self, session: Session, **fields: object) -> None:
         events_db.record_audit(session=session, now=self.clock(), **fields)  # type: ignore[arg-type]

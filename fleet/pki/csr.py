@@ -29,23 +29,30 @@ def decode_base64(data: bytes) -> bytes:
         raise CSRError(f"body is not valid base64: {exc}") from exc
 
 
+def _decode(data: bytes) -> x509.CertificateSigningRequest:
+    # DER is tried on the raw bytes first: stripping could eat a trailing 0x20/0x0a of DER.
+    if data[:1] == b"\x30":
+        try:
+            return x509.load_der_x509_csr(data)
+        except ValueError:
+            pass  # a base64 body may also start with "0"
+    stripped = data.strip()
+    if stripped.startswith((_PEM_HEADER, _PEM_HEADER_NEW)):
+        return x509.load_pem_x509_csr(stripped.replace(b"NEW CERTIFICATE", b"CERTIFICATE"))
+    der = decode_base64(stripped)
+    if len(der) > MAX_CSR_BYTES:
+        raise CSRError(f"CSR is larger than {MAX_CSR_BYTES} bytes")
+    return x509.load_der_x509_csr(der)
+
+
 def load_csr(data: bytes) -> x509.CertificateSigningRequest:
     """Decode a CSR given as PEM, DER, or base64 of DER; check its size and signature."""
     if len(data) > MAX_CSR_BYTES * 2:
         raise CSRError(f"CSR is larger than {MAX_CSR_BYTES} bytes")
-    stripped = data.strip()
-    if not stripped:
+    if not data.strip():
         raise CSRError("CSR is empty")
     try:
-        if stripped.startswith((_PEM_HEADER, _PEM_HEADER_NEW)):
-            csr = x509.load_pem_x509_csr(stripped.replace(b"NEW CERTIFICATE", b"CERTIFICATE"))
-        elif stripped[:1] == b"\x30":
-            csr = x509.load_der_x509_csr(stripped)
-        else:
-            der = decode_base64(stripped)
-            if len(der) > MAX_CSR_BYTES:
-                raise CSRError(f"CSR is larger than {MAX_CSR_BYTES} bytes")
-            csr = x509.load_der_x509_csr(der)
+        csr = _decode(data)
     except CSRError:
         raise
     except ValueError as exc:

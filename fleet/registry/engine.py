@@ -31,12 +31,22 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             pool_size=pool_size, max_overflow=pool_size,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite's own transaction handling defers BEGIN; issue it ourselves so that a
-        # transaction that reads then writes cannot be overtaken (see SQLAlchemy "pysqlite").
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        # pysqlite's own transaction handling is disabled (see _sqlite_pragmas); we issue BEGIN
+        # ourselves. Write transactions take the write lock up front (BEGIN IMMEDIATE) so one
+        # that reads then writes cannot fail on lock upgrade; reads stay concurrent under WAL.
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
                          connect_args={"connect_timeout": 5})
+
+
+WRITE = {"fleet_write": True}
+"""Execution options marking a connection that will write (BEGIN IMMEDIATE on SQLite)."""
+
+
+def _sqlite_begin(connection: Any) -> None:
+    immediate = connection.get_execution_options().get("fleet_write", False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -73,3 +83,10 @@ def unavailable_as_error() -> Iterator[None]:
 
 def session(engine: Engine) -> Session:
     return Session(engine, expire_on_commit=False)
+
+
+def write_session(engine: Engine) -> Session:
+    """A session whose transaction is a write transaction from its first statement."""
+    new = Session(engine, expire_on_commit=False)
+    new.connection(execution_options=WRITE)
+    return new
