@@ -6,6 +6,7 @@ their own, so a refused request changes nothing but the audit log.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, update
 
 from fleet import pki
@@ -50,6 +52,8 @@ from fleet.settings import Settings
 from fleet.tokens import TokenSecret, new_token, parse_token, secret_matches
 
 MAX_TOKENS_PER_CALL = 100_000
+_SERIAL = re.compile(r"[0-9a-f]{1,40}")
+_TOKEN_ID = re.compile(r"[0-9a-f]{16}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +122,18 @@ class Authority:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One database transaction; commits on success, rolls back on any exception."""
-        with unavailable_as_error(), write_session(self.engine) as session:
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+        try:
+            with unavailable_as_error(), write_session(self.engine) as session:
+                try:
+                    yield session
+                    session.commit()
+                except BaseException:
+                    session.rollback()
+                    raise
+        except IntegrityError as exc:  # a concurrent transaction got there first
+            first_line = str(exc.orig).splitlines()[0] if exc.orig is not None else ""
+            raise ConflictError(f"the registry changed concurrently; retry ({first_line})") \
+                from exc
 
     def audit(self, session: Session, **fields: object) -> None:
         events_db.record_audit(session=session, now=self.clock(), **fields)  # type: ignore[arg-type]
@@ -139,8 +148,10 @@ class Authority:
             with self.transaction() as session:
                 self.audit(
                     session, action=action, outcome="refused", actor=actor,
-                    device_id=device_id or _str_or_none(error.context.get("device_id")),
-                    serial=serial or _str_or_none(error.context.get("serial")),
+                    device_id=_valid_id_or_none(
+                        device_id or _str_or_none(error.context.get("device_id"))),
+                    serial=_valid_serial_or_none(
+                        serial or _str_or_none(error.context.get("serial"))),
                     reason=f"{type(error).__name__}: {error.message}", detail=detail or None,
                 )
         except FleetError:
@@ -193,7 +204,7 @@ class Authority:
     ) -> list[IssuedToken]:
         """Mint *count* tokens for *group*; a device-bound token pre-registers the device."""
         with self._audited("token.create", actor=actor, device_id=device_id) as session:
-            pki.check_device_id(group)
+            pki.check_group_name(group)
             if device_id is not None:
                 pki.check_device_id(device_id)
                 if count != 1:
@@ -203,7 +214,9 @@ class Authority:
             uses = self.settings.token_uses if uses is None else uses
             if uses < 1:
                 raise ConflictError(f"uses must be at least 1, got {uses}")
-            ttl = ttl or self.settings.token_ttl
+            ttl = self.settings.token_ttl if ttl is None else ttl
+            if ttl <= timedelta(0):
+                raise ConflictError(f"ttl must be positive, got {ttl}")
             now = self.clock()
             if device_id is not None:
                 existing = devices_db.get_device(session=session, device_id=device_id)
@@ -235,7 +248,8 @@ class Authority:
 
     def revoke_token(self, *, token_id: str, actor: str) -> BootstrapToken:
         with self._audited("token.revoke", actor=actor) as session:
-            row = tokens_db.get_token(session=session, token_id=token_id)
+            row = tokens_db.get_token(session=session, token_id=token_id) \
+                if _TOKEN_ID.fullmatch(token_id) else None
             if row is None:
                 raise NotFoundError(f"unknown token {token_id!r}", token_id=token_id)
             if row.revoked_at is not None:
@@ -287,15 +301,17 @@ class Authority:
             if device is not None:
                 _require_enrollable(device)
                 if token.device_id != device.id:
-                    raise ForbiddenError(
-                        f"device {device.id} is already registered; renew with its certificate "
-                        "(simplereenroll) or use a token bound to it", device_id=device.id)
+                    raise _already_registered(device.id)
             if not tokens_db.consume_token_use(session=session, token_id=token.id, now=now):
                 raise TokenError("bootstrap token already used", token_id=token.id)
             if device is None:
-                device = devices_db.create_device(session=session, device_id=ident.name,
-                                                  group=token.group,
-                                                  status=DeviceStatus.ACTIVE, now=now)
+                try:  # another enrollment of the same new device may have committed meanwhile
+                    with session.begin_nested():
+                        device = devices_db.create_device(session=session, device_id=ident.name,
+                                                          group=token.group,
+                                                          status=DeviceStatus.ACTIVE, now=now)
+                except IntegrityError as exc:
+                    raise _already_registered(ident.name) from exc
             else:
                 devices_db.set_device_status(session=session, device=device,
                                              status=DeviceStatus.ACTIVE, reason=None, now=now)
@@ -448,9 +464,10 @@ class Authority:
         serial = serial.lower().replace(":", "")
         with self._audited("cert.revoke", actor=actor, serial=serial) as session:
             pki.check_reason(reason)
-            record = certs_db.get_certificate(session=session, serial=serial)
+            record = certs_db.get_certificate(session=session, serial=serial) \
+                if _SERIAL.fullmatch(serial) else None
             if record is None:
-                raise NotFoundError(f"unknown certificate serial {serial}", serial=serial)
+                raise NotFoundError(f"unknown certificate serial {serial!r}", serial=serial)
             if record.status == CertificateStatus.REVOKED:
                 raise ConflictError(f"certificate {serial} is already revoked", serial=serial)
             now = self.clock()
@@ -493,7 +510,9 @@ class Authority:
         return device
 
     def _device(self, session: Session, device_id: str) -> Device:
-        device = devices_db.get_device(session=session, device_id=device_id, for_update=True)
+        # An id that cannot exist is not looked up (PostgreSQL refuses NUL bytes in a query).
+        device = devices_db.get_device(session=session, device_id=device_id, for_update=True) \
+            if pki.DEVICE_ID_PATTERN.fullmatch(device_id) else None
         if device is None:
             raise NotFoundError(f"unknown device {device_id!r}", device_id=device_id)
         return device
@@ -542,6 +561,12 @@ class Authority:
                                  next_update=self.settings.crl_next_update)
 
 
+def _already_registered(device_id: str) -> ForbiddenError:
+    return ForbiddenError(
+        f"device {device_id} is already registered; renew with its certificate "
+        "(simplereenroll) or use a token bound to it", device_id=device_id)
+
+
 def _require_enrollable(device: Device) -> None:
     if device.status in (DeviceStatus.REVOKED, DeviceStatus.SUSPENDED):
         raise DeviceNotActiveError(f"device {device.id} is {device.status}",
@@ -550,6 +575,10 @@ def _require_enrollable(device: Device) -> None:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _valid_serial_or_none(value: str | None) -> str | None:
+    return value if value and _SERIAL.fullmatch(value) else None
 
 
 def _valid_id_or_none(value: str | None) -> str | None:

@@ -16,12 +16,14 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from fleet.errors import CAError
+from fleet.errors import CAError, KeyPolicyError
 from fleet.pki import (
     PrivateKey,
     ca_profile,
@@ -108,7 +110,10 @@ def read_passphrase(settings: Settings, *, create: bool = False) -> tuple[bytes,
         return from_env.encode(), False
     path = Paths.of(settings).passphrase
     if path.exists():
-        value = path.read_bytes().strip()
+        try:
+            value = path.read_bytes().strip()
+        except OSError as exc:
+            raise CAError(f"cannot read the passphrase file {path}: {exc.strerror}") from exc
         if not value:
             raise CAError(f"passphrase file {path} is empty")
         return value, False
@@ -163,15 +168,22 @@ def load_ca(settings: Settings) -> CA:
     passphrase, _ = read_passphrase(settings)
     try:
         key = load_private_key_pem(paths.issuing_key.read_bytes(), passphrase)
-    except (ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, KeyPolicyError) as exc:
         raise CAError(
             f"cannot unlock the CA key {paths.issuing_key}: wrong passphrase or unreadable key"
         ) from exc
-    issuing = x509.load_pem_x509_certificate(paths.issuing.read_bytes())
-    root = x509.load_pem_x509_certificate(paths.root.read_bytes())
+    issuing = _read_certificate(paths.issuing)
+    root = _read_certificate(paths.root)
     if issuing.public_key() != key.public_key():
         raise CAError(f"{paths.issuing_key} does not belong to {paths.issuing}")
     return CA(root=root, issuing=issuing, issuing_key=key)
+
+
+def _read_certificate(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CAError(f"cannot read the CA certificate {path}: {exc}") from exc
 
 
 def import_ca(
@@ -186,7 +198,7 @@ def import_ca(
         raise CAError(f"cannot read the CA certificate: {exc}") from exc
     try:
         key = load_private_key_pem(key_pem, key_passphrase)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, KeyPolicyError) as exc:
         raise CAError("cannot read the CA key: wrong passphrase or not a PEM private key") \
             from exc
     issuing = certs[0]
@@ -202,6 +214,13 @@ def import_ca(
     root = certs[-1]
     if root.issuer != root.subject:
         raise CAError("the PEM must end with the self-signed root of the issuing CA's chain")
+    for child, parent in pairwise(certs):
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            raise CAError(f"{child.subject.rfc4514_string()} is not issued by "
+                          f"{parent.subject.rfc4514_string()}; give the chain in order, "
+                          "issuing CA first, root last") from exc
     passphrase, _ = read_passphrase(settings, create=True)
     ca = CA(root=root, issuing=issuing, issuing_key=key)
     _store(settings, ca, passphrase, root_key=None)

@@ -40,7 +40,10 @@ def format_duration(delta: timedelta) -> str:
     for unit in ("d", "h", "m", "s"):
         if seconds >= _UNITS[unit] and seconds % _UNITS[unit] == 0:
             return f"{int(seconds // _UNITS[unit])}{unit}"
-    return f"{int(seconds * 1000)}ms"
+    milliseconds = delta / timedelta(milliseconds=1)  # exact: timedelta counts microseconds
+    if milliseconds == int(milliseconds):
+        return f"{int(milliseconds)}ms"
+    return f"{seconds:.6f}".rstrip("0") + "s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +154,16 @@ def _parse(kind: str, key: str, raw: Any) -> Any:
     if kind == "duration":
         return parse_duration(raw, key=key)
     if kind == "int":
+        # TOML booleans are ints to Python and floats would be truncated: refuse both.
+        if isinstance(raw, bool | float):
+            raise ConfigError(key, raw, "not an integer")
         try:
             return int(raw)
         except (TypeError, ValueError):
             raise ConfigError(key, raw, "not an integer") from None
     if kind == "float":
+        if isinstance(raw, bool):
+            raise ConfigError(key, raw, "not a number")
         try:
             return float(raw)
         except (TypeError, ValueError):

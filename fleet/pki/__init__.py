@@ -16,6 +16,7 @@ from fleet.pki.identity import (
     DEVICE_ID_PATTERN,
     Identity,
     check_device_id,
+    check_group_name,
     check_service_name,
     identity_from_certificate,
 )
@@ -43,10 +44,10 @@ from fleet.pki.verify import (
 __all__ = [
     "DEVICE_ID_PATTERN", "KEY_TYPES", "REASON_CODES", "CSRRequest", "Identity", "KeyType",
     "PrivateKey", "Profile", "Reason", "RevokedEntry", "Verdict", "build_crl", "ca_profile",
-    "certificate_pem", "certs_only", "check_device_id", "check_key_policy", "check_reason",
-    "check_requested_identity", "check_service_name", "decode_base64", "fingerprint_sha256",
-    "generate_private_key", "identity_from_certificate", "identity_profile", "inspect_csr",
-    "issue_certificate", "load_certificate", "load_certs_only", "load_csr",
+    "certificate_pem", "certs_only", "check_device_id", "check_group_name", "check_key_policy",
+    "check_reason", "check_requested_identity", "check_service_name", "decode_base64",
+    "fingerprint_sha256", "generate_private_key", "identity_from_certificate", "identity_profile",
+    "inspect_csr", "issue_certificate", "load_certificate", "load_certs_only", "load_csr",
     "load_private_key_pem", "private_key_pem", "same_subject_and_san", "server_profile",
     "verify_leaf",
 ]

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fleet.errors import CSRError, IdentityError, ProfileError
@@ -31,17 +33,21 @@ def decode_base64(data: bytes) -> bytes:
 
 def _decode(data: bytes) -> x509.CertificateSigningRequest:
     # DER is tried on the raw bytes first: stripping could eat a trailing 0x20/0x0a of DER.
+    der_error: ValueError | None = None
     if data[:1] == b"\x30":
         try:
             return x509.load_der_x509_csr(data)
-        except ValueError:
-            pass  # a base64 body may also start with "0"
+        except ValueError as exc:
+            der_error = exc  # a base64 body may also start with "0"
     stripped = data.strip()
     if stripped.startswith((_PEM_HEADER, _PEM_HEADER_NEW)):
         return x509.load_pem_x509_csr(stripped.replace(b"NEW CERTIFICATE", b"CERTIFICATE"))
-    der = decode_base64(stripped)
-    if len(der) > MAX_CSR_BYTES:
-        raise CSRError(f"CSR is larger than {MAX_CSR_BYTES} bytes")
+    try:
+        der = decode_base64(stripped)
+    except CSRError:
+        if der_error is not None:  # it looked like DER and is not base64: report the DER error
+            raise CSRError(f"malformed DER CSR: {der_error}") from der_error
+        raise
     return x509.load_der_x509_csr(der)
 
 
@@ -57,12 +63,21 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
         raise
     except ValueError as exc:
         raise CSRError(f"malformed CSR: {exc}") from exc
+    if len(csr.public_bytes(Encoding.DER)) > MAX_CSR_BYTES:
+        raise CSRError(f"CSR is larger than {MAX_CSR_BYTES} bytes")
     try:
         signed = csr.is_signature_valid
     except Exception as exc:  # unsupported signature algorithms raise here
         raise CSRError(f"CSR signature cannot be checked: {exc}") from exc
     if not signed:
         raise CSRError("CSR signature is invalid (no proof of possession of the key)")
+    try:  # parsed lazily by cryptography: fail here, as a CSRError, not later in a policy check
+        csr.subject.rfc4514_string()
+        csr.extensions  # noqa: B018
+        csr.public_key()
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType,
+            UnsupportedAlgorithm) as exc:
+        raise CSRError(f"malformed CSR content: {exc}") from exc
     return csr
 
 

@@ -55,6 +55,17 @@ def check_service_name(name: str) -> str:
     return name
 
 
+def check_group_name(group: str) -> str:
+    """Return *group* unchanged if it is a valid group name (the device id rule), else raise."""
+    if not isinstance(group, str) or not DEVICE_ID_PATTERN.fullmatch(group):
+        raise IdentityError(
+            f"invalid group {group!r}: use 1-64 characters of A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit",
+            group=group,
+        )
+    return group
+
+
 def device(device_id: str) -> Identity:
     return Identity("device", check_device_id(device_id))
 

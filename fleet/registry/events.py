@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import overload
 
 from sqlmodel import Session, col, select, update
 
@@ -24,13 +25,26 @@ def record_audit(
     detail: Mapping[str, object] | None = None,
 ) -> AuditEvent:
     event = AuditEvent(
-        at=now, action=action, outcome=outcome, actor=actor, device_id=device_id,
-        serial=serial, reason=reason[:512] if reason else None,
+        at=now, action=_fit(action, 64), outcome=_fit(outcome, 16), actor=_fit(actor, 128),
+        device_id=_fit(device_id, 64), serial=_fit(serial, 40), reason=_fit(reason, 512),
         detail=json.dumps(dict(detail), sort_keys=True, default=str) if detail else None,
     )
     session.add(event)
     session.flush()
     return event
+
+
+@overload
+def _fit(value: str, limit: int) -> str: ...
+
+
+@overload
+def _fit(value: None, limit: int) -> None: ...
+
+
+def _fit(value: str | None, limit: int) -> str | None:
+    """Refusals quote what a caller sent: an audit row must fit its column and hold no NUL."""
+    return value.replace("\x00", "\\x00")[:limit] if value else value
 
 
 def list_audit(
@@ -53,6 +67,11 @@ def record_revocation(
     *, session: Session, now: datetime, kind: str, serial: str | None = None,
     device_id: str | None = None,
 ) -> RevocationEvent:
+    if session.get_bind().dialect.name == "postgresql":
+        # Ids are handed out in call order but transactions commit in any order; a poller that
+        # remembers the last id it saw would skip an id committed after a higher one. Writers
+        # take turns until commit (readers are not blocked), so id order is commit order.
+        session.connection().exec_driver_sql("LOCK TABLE revocation_events IN EXCLUSIVE MODE")
     event = RevocationEvent(serial=serial, device_id=device_id, kind=kind, created_at=now)
     session.add(event)
     session.flush()

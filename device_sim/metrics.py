@@ -1,0 +1,138 @@
+"""What a run measures: counters, latency samples, per-second series and errors.
+
+Times are seconds since the start of the run. A :class:`Metrics` can be turned into plain data
+and merged, so worker processes can send theirs to the coordinating process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_ERRORS_KEPT = 200
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The *q*-th percentile (0..100) by linear interpolation between closest ranks."""
+    if not values:
+        return None
+    if not 0 <= q <= 100:
+        raise ValueError("percentile must be between 0 and 100")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = math.ceil(position)
+    if low == high:
+        return float(ordered[low])
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
+
+
+def summary(values: Sequence[float]) -> dict[str, float | None]:
+    """``{p50, p95, p99, max, count}`` rounded to 0.1 (``None`` when there are no values)."""
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 1)
+
+    return {
+        "p50": rounded(percentile(values, 50)),
+        "p95": rounded(percentile(values, 95)),
+        "p99": rounded(percentile(values, 99)),
+        "max": rounded(max(values) if values else None),
+        "count": len(values),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    """Something that went wrong and was not expected by the scenario."""
+
+    t: float
+    kind: str
+    device_id: str | None
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"t": round(self.t, 3), "kind": self.kind, "device_id": self.device_id,
+                "detail": self.detail}
+
+
+@dataclass
+class Metrics:
+    """Counters, latency samples ``(t, ms)``, per-second event counts and unexpected errors."""
+
+    counters: Counter[str] = field(default_factory=Counter)
+    samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    per_second: dict[str, Counter[int]] = field(default_factory=dict)
+    errors: list[ErrorRecord] = field(default_factory=list)
+    errors_by_kind: Counter[str] = field(default_factory=Counter)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def event(self, name: str, t: float, n: int = 1) -> None:
+        """Count *name* and remember in which second of the run it happened."""
+        self.counters[name] += n
+        self.per_second.setdefault(name, Counter())[int(t)] += n
+
+    def sample(self, name: str, t: float, milliseconds: float) -> None:
+        self.samples.setdefault(name, []).append((t, milliseconds))
+
+    def values(self, name: str) -> list[float]:
+        return [value for _, value in self.samples.get(name, ())]
+
+    def error(self, t: float, kind: str, device_id: str | None, detail: str) -> None:
+        """Record an unexpected error (the first few hundred are kept in full)."""
+        self.errors_by_kind[kind] += 1
+        if len(self.errors) < MAX_ERRORS_KEPT:
+            self.errors.append(ErrorRecord(t, kind, device_id, detail[:500]))
+
+    @property
+    def unexpected_errors(self) -> int:
+        return sum(self.errors_by_kind.values())
+
+    def rate_series(self, name: str, seconds: int) -> list[int]:
+        """Events of *name* in each second ``0 .. seconds-1``."""
+        counts = self.per_second.get(name, Counter())
+        return [counts.get(second, 0) for second in range(seconds)]
+
+    def merge(self, other: Metrics) -> None:
+        self.counters.update(other.counters)
+        for name, values in other.samples.items():
+            self.samples.setdefault(name, []).extend(values)
+        for name, counts in other.per_second.items():
+            self.per_second.setdefault(name, Counter()).update(counts)
+        room = MAX_ERRORS_KEPT - len(self.errors)
+        self.errors.extend(other.errors[:max(room, 0)])
+        self.errors_by_kind.update(other.errors_by_kind)
+
+    def to_data(self) -> dict[str, Any]:
+        """Plain data (for a pipe between processes)."""
+        return {
+            "counters": dict(self.counters),
+            "samples": self.samples,
+            "per_second": {name: dict(counts) for name, counts in self.per_second.items()},
+            "errors": [(e.t, e.kind, e.device_id, e.detail) for e in self.errors],
+            "errors_by_kind": dict(self.errors_by_kind),
+        }
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Metrics:
+        return cls(
+            counters=Counter(data["counters"]),
+            samples={name: [(v[0], v[1]) for v in values]
+                     for name, values in data["samples"].items()},
+            per_second={name: Counter({int(k): v for k, v in counts.items()})
+                        for name, counts in data["per_second"].items()},
+            errors=[ErrorRecord(*e) for e in data["errors"]],
+            errors_by_kind=Counter(data["errors_by_kind"]),
+        )
+
+
+def spans_cover(spans: Iterable[tuple[float, float | None]], start: float, end: float) -> bool:
+    """Does any span ``(begin, end or None for "still open")`` overlap ``[start, end]``?"""
+    if end < start:
+        return False
+    return any(begin <= end and (finish is None or finish >= start) for begin, finish in spans)

@@ -1,0 +1,239 @@
+"""amqtt's Broker with the session binding, delivery checks and bounds Fleet needs.
+
+What changes against stock amqtt 0.12.1 (see shared/notes/amqtt-0.12.1.md):
+
+- every session is bound to the live connection that passed the CONNECT gate; a session can
+  only be created or resumed by a connection whose certificate identity equals its client id
+  (S1, S2, S6), and amqtt's own keep-alive timer is replaced by the connection's (S5);
+- retained messages go only to the session that subscribed, and only if it may receive the
+  topic (S3); every delivery, live or queued for an offline session, passes the RECEIVE check;
+- a message is routed at the time it is published (no global queue), delivered at
+  min(publish QoS, subscription QoS), and each client's backlog is bounded: QoS 0 packets that
+  would exceed ``max_queued_messages`` unflushed packets, QoS 1/2 deliveries beyond that many
+  unacknowledged ones, and messages queued for an offline session beyond that many are dropped;
+- topic checks call the policy plugin directly instead of through a task per plugin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from amqtt.broker import Broker, RetainedApplicationMessage
+from amqtt.contexts import Action
+from amqtt.errors import BrokerError, MQTTError
+from amqtt.events import BrokerEvents
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import Session
+
+from fleet.acl import is_topic_name, matches
+from fleet.broker import packets
+from fleet.broker.connection import Connection, ConnectionWriter, connection_of
+from fleet.broker.plugins import TopicPolicyPlugin
+
+log = logging.getLogger(__name__)
+
+FILTERS_KEY = "fleet.filters"
+"""Under ``Session.attributes``: the filters this session holds (a set)."""
+
+_MATCH_CACHE = 50_000
+INBOUND_BURST = 4096
+"""Room above ``max_queued_messages`` in a session's inbound queue: the reader stops taking
+packets from the socket at ``max_queued_messages``, but packets already buffered (at most
+the stream reader's buffer) are parsed before that check runs again."""
+
+Denied = Callable[[Connection | None, Action, str], None]
+
+
+class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
+    """amqtt Broker fed only by the CONNECT gate (listener type ``external``)."""
+
+    def __init__(self, config: dict[str, Any], *, max_queued_messages: int,
+                 on_denied: Denied) -> None:
+        super().__init__(config)
+        plugins = [p for p in self.plugins_manager.plugins if isinstance(p, TopicPolicyPlugin)]
+        if len(plugins) != 1 or len(self.plugins_manager._topic_plugins) != 1:
+            raise BrokerError("FleetBroker needs exactly one topic plugin: TopicPolicyPlugin")
+        self._policy = plugins[0]
+        self._max_queued = max_queued_messages
+        self._on_denied = on_denied
+        self._matching: dict[str, tuple[str, ...]] = {}
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def _initialize_client_session(
+        self, reader: Any, writer: Any, remote_address: str, remote_port: int,
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        handler, session = await super()._initialize_client_session(
+            reader, writer, remote_address, remote_port)
+        connection = writer.connection if isinstance(writer, ConnectionWriter) else None
+        if connection is None or connection.client_id != session.client_id:
+            await writer.close()
+            raise MQTTError("connection did not pass the CONNECT gate")
+        # The session now belongs to this live connection, never to what a former one left.
+        session.ssl_object = writer.get_ssl_info()
+        session.remote_address, session.remote_port = remote_address, remote_port
+        session.keep_alive = 0  # the connection enforces 1.5 x keep-alive itself
+        if session.parent == 0:
+            session.delivered_message_queue = asyncio.Queue(
+                maxsize=self._max_queued + INBOUND_BURST)
+            session.attributes[FILTERS_KEY] = set()
+        connection.bind(session)
+        return handler, session
+
+    async def _handle_client_session(self, reader: Any, writer: Any, client_session: Session,
+                                     handler: BrokerProtocolHandler, server: Any,
+                                     listener_name: str) -> None:
+        """Stock flow without its O(all filters) retained replay of other sessions' filters."""
+        authenticated = await self._authenticate(client_session,
+                                                 self.listeners_config[listener_name])
+        client_id = client_session.client_id
+        if client_id is None:
+            raise BrokerError("client id was not set")
+        previous = self._sessions.get(client_id)
+        if client_session.transitions.is_connected() and previous is not None:
+            # The gate has already dropped the previous holder; finish its handler.
+            await previous[1].handle_connection_closed()
+            await previous[1].stop()
+        else:
+            client_session.transitions.connect()
+        handler.attach(client_session, reader, writer)
+        self._sessions[client_id] = (client_session, handler)
+        await handler.mqtt_connack_authorize(authenticated)
+        if not authenticated:
+            client_session.transitions.disconnect()
+            await writer.close()
+            return
+        await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=client_id,
+                                              client_session=client_session)
+        await handler.start()
+        # Messages queued while a persistent session was offline. Retained messages are sent
+        # when a subscription is made (MQTT-3.3.1-6), not again on every reconnect.
+        await self._publish_session_retained_messages(client_session)
+        await self._client_message_loop(client_session, handler)
+
+    async def purge_session(self, client_id: str) -> None:
+        """Forget a session entirely: subscriptions, queued messages, state."""
+        await self._cleanup_session(client_id)
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        topic_filter = subscription[0]
+        known = topic_filter in self._subscriptions
+        code: int = await super().add_subscription(subscription, session)
+        if code != 0x80:
+            session.attributes.setdefault(FILTERS_KEY, set()).add(topic_filter)
+            if not known:
+                self._matching.clear()
+        return code
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        deleted: int = super()._del_subscription(a_filter, session)
+        session.attributes.get(FILTERS_KEY, set()).discard(a_filter)
+        return deleted
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        # Only this session's own filters, instead of scanning every filter in the broker.
+        for topic_filter in list(session.attributes.get(FILTERS_KEY, ())):
+            self._del_subscription(topic_filter, session)
+            if not self._subscriptions.get(topic_filter, True):
+                del self._subscriptions[topic_filter]
+        self._matching.clear()
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        allowed = self._policy.allows(session, topic, action)
+        if not allowed and action is not Action.RECEIVE:
+            self._on_denied(connection_of(session), action, topic)
+        return allowed
+
+    # -- messages ------------------------------------------------------------------------
+
+    async def _handle_message_delivery(self, client_session: Session,
+                                       handler: BrokerProtocolHandler,
+                                       wait_deliver: asyncio.Future[Any]) -> bool:
+        message = wait_deliver.result()
+        await self.plugins_manager.fire_event(
+            BrokerEvents.MESSAGE_RECEIVED, client_id=client_session.client_id, message=message)
+        if message is None:
+            return True
+        topic = message.topic
+        if not is_topic_name(topic):  # MQTT-4.7.3-1, MQTT-3.3.2-2: close the connection
+            connection = connection_of(client_session)
+            if connection is not None:
+                connection.abort(f"PUBLISH to the invalid topic name {topic!r}")
+            return True
+        if topic.startswith("$") or not await self._topic_filtering(
+                client_session, topic, Action.PUBLISH):
+            return True  # dropped; the refusal is audited by _topic_filtering
+        await self.plugins_manager.fire_event(
+            BrokerEvents.MESSAGE_BROADCAST, client_id=client_session.client_id, message=message)
+        self.route(topic, message.data, message.qos or 0)
+        if message.publish_packet is not None and message.publish_packet.retain_flag:
+            await self.retain_message(client_session, topic, message.data, message.qos)
+        return True
+
+    async def _broadcast_message(self, session: Session | None, topic: str | None,
+                                 data: bytes | bytearray | None,
+                                 force_qos: int | None = None) -> None:
+        """Wills and broker-internal messages: routed at once like client messages."""
+        if topic is not None and data is not None:
+            self.route(topic, data, 2 if force_qos is None else force_qos)
+
+    def route(self, topic: str, data: bytes | bytearray, qos: int) -> None:
+        """Deliver a message to every subscription matching *topic*."""
+        filters = self._matching.get(topic)
+        if filters is None:
+            if len(self._matching) >= _MATCH_CACHE:
+                self._matching.clear()
+            filters = self._matching[topic] = tuple(
+                f for f in self._subscriptions if matches(topic, f))
+        for topic_filter in filters:
+            for target, granted in self._subscriptions.get(topic_filter, ()):
+                self._deliver(target, topic, data, min(qos, granted), retain=False)
+
+    def _deliver(self, target: Session, topic: str, data: bytes | bytearray, qos: int, *,
+                 retain: bool) -> asyncio.Future[Any] | None:
+        connection = connection_of(target)
+        if connection is None or not connection.may_receive(topic):
+            return None
+        if target.transitions.state != "connected":
+            # MQTT-3.1.2-5: kept for a disconnected persistent session, QoS 1 and 2 only.
+            if not target.clean_session and qos > 0 \
+                    and target.retained_messages.qsize() < self._max_queued:
+                target.retained_messages.put_nowait(
+                    RetainedApplicationMessage(None, topic, data, qos))
+            return None
+        if qos == 0:
+            connection.send(packets.publish(topic, data, retain=retain), limit=self._max_queued)
+            return None
+        handler = self._sessions.get(target.client_id or "", (None, None))[1]
+        if handler is None or connection.outstanding >= self._max_queued:
+            connection.dropped += 1
+            return None
+        connection.outstanding += 1
+        task: asyncio.Future[Any] = asyncio.ensure_future(
+            handler.mqtt_publish(topic, data, qos, retain=retain))
+        task.add_done_callback(lambda done: _acknowledged(connection, done))
+        return task
+
+    async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Session) -> None:
+        topic_filter, qos = subscription
+        if topic_filter not in session.attributes.get(FILTERS_KEY, ()):
+            return
+        pending = [
+            task for topic, retained in list(self._retained_messages.items())
+            if matches(topic, topic_filter) and (task := self._deliver(
+                session, topic, retained.data, min(qos, retained.qos or 0), retain=True))
+        ]
+        if pending:
+            await asyncio.wait(pending)
+
+
+def _acknowledged(connection: Connection, task: asyncio.Future[Any]) -> None:
+    connection.outstanding -= 1
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("delivery to %s failed: %r", connection, task.exception())

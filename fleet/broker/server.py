@@ -1,0 +1,140 @@
+"""Start and stop the broker: TLS listener -> CONNECT gate -> amqtt, plus the watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from amqtt.contexts import Action
+
+from fleet.acl import PolicyError, load_policy
+from fleet.authority import Authority
+from fleet.broker.backend import Audit, Backend
+from fleet.broker.connection import Connection, Connections
+from fleet.broker.engine import FleetBroker
+from fleet.broker.gate import LISTENER, Gate
+from fleet.broker.listener import TLSListener
+from fleet.broker.tls import server_context, verification_ca
+from fleet.broker.watcher import RevocationWatcher
+from fleet.errors import ConfigError, FleetError, ForbiddenError
+from fleet.registry import make_engine, migrate
+from fleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def broker_config() -> dict[str, Any]:
+    """amqtt configuration: one external listener fed by the gate, only Fleet's plugins
+    (no anonymous access, no $SYS publisher)."""
+    return {
+        "listeners": {LISTENER: {"type": "external", "bind": "fleet-gate"}},
+        "plugins": {
+            "fleet.broker.plugins.CertificateAuthPlugin": {},
+            "fleet.broker.plugins.TopicPolicyPlugin": {},
+        },
+    }
+
+
+class RunningServer:
+    """A started broker; ``port`` is the port actually bound."""
+
+    def __init__(self, *, host: str, port: int, listener: TLSListener, broker: FleetBroker,
+                 watcher: RevocationWatcher, backend: Backend, audit: Audit,
+                 connections: Connections) -> None:
+        self.host = host
+        self.port = port
+        self.broker = broker
+        self.connections = connections
+        self.watcher = watcher
+        self._listener = listener
+        self._backend = backend
+        self._audit = audit
+        self._closed = False
+
+    async def close(self) -> None:
+        """Stop accepting, drop every connection, stop amqtt and the watcher."""
+        if self._closed:
+            return
+        self._closed = True
+        self._listener.stop_accepting()
+        await self.watcher.stop()
+        for connection in self.connections:
+            connection.abort("broker shutting down")
+        await self._listener.close()
+        await self.broker.shutdown()
+        await self._audit.flush()
+        await asyncio.to_thread(self._backend.close)
+        await asyncio.to_thread(self._backend.authority.engine.dispose)
+
+
+async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
+    """Start the broker on *host*:*port* (0 picks a free port)."""
+    try:
+        policy = load_policy(settings.acl_file)
+    except PolicyError as exc:
+        raise ConfigError("broker.acl_file", str(settings.acl_file), str(exc)) from None
+    context = server_context(settings)
+    engine = make_engine(settings.effective_database_url)
+    await asyncio.to_thread(migrate, engine)
+    authority = Authority(settings=settings, engine=engine, ca=verification_ca(settings))
+    backend = Backend(authority)
+    audit = Audit(backend, per_minute=settings.audit_refusals_per_minute)
+    connections = Connections()
+
+    def denied(connection: Connection | None, action: Action, topic: str) -> None:
+        identity = connection.identity if connection is not None else None
+        device_id = identity.name if identity is not None and identity.kind == "device" else None
+        error = ForbiddenError(f"{identity or 'unknown client'} may not {action} {topic!r}",
+                               topic=topic, peer=connection.peer if connection else None)
+        audit.refused(f"broker.{action}", error, device_id=device_id,
+                      serial=connection.serial if connection else None)
+
+    broker = FleetBroker(broker_config(), max_queued_messages=settings.max_queued_messages,
+                         on_denied=denied)
+    await broker.start()
+    gate = Gate(settings=settings, backend=backend, audit=audit, policy=policy, broker=broker,
+                connections=connections)
+
+    def handshake_refused(error: FleetError) -> None:
+        audit.refused("broker.handshake", error)
+
+    listener = TLSListener(
+        context=context, max_connections=settings.max_connections,
+        max_handshakes=settings.max_concurrent_handshakes,
+        timeout=settings.connect_timeout.total_seconds(), on_connection=gate.serve,
+        on_refused=handshake_refused)
+    watcher = RevocationWatcher(backend=backend, audit=audit, connections=connections,
+                                broker=broker,
+                                interval=settings.revocation_poll_interval.total_seconds())
+    await watcher.start()
+    bound = await listener.start(host, port)
+    return RunningServer(host=host, port=bound, listener=listener, broker=broker,
+                         watcher=watcher, backend=backend, audit=audit,
+                         connections=connections)
+
+
+def serve(settings: Settings, *, host: str, port: int) -> None:
+    """Run the broker in the foreground until SIGINT or SIGTERM."""
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    asyncio.run(_serve(settings, host=host, port=port))
+
+
+async def _serve(settings: Settings, *, host: str, port: int) -> None:
+    running = await start(settings, host=host, port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    shown = f"[{running.host}]" if ":" in running.host else running.host
+    print(f"MQTT listening on mqtts://{shown}:{running.port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await running.close()
+        print("MQTT broker stopped", file=sys.stderr, flush=True)

@@ -1,0 +1,102 @@
+"""The revocation watcher: drops live connections of revoked or suspended identities.
+
+Polls the registry's revocation events every ``revocation_poll_interval``. An event naming a
+certificate serial drops every connection that presented that certificate; an event naming
+only a device (device revoked or suspended) drops every connection of that device. The
+dropped identity's will is not published, and once its connections are gone its stored
+sessions are purged so that nothing is resumed later. Reconnects are refused by the gate,
+which asks the registry on every CONNECT; a resumed device is admitted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from fleet.broker.backend import Audit, Backend
+from fleet.broker.connection import Connection, Connections, connection_of
+from fleet.broker.engine import FleetBroker
+from fleet.errors import FleetError
+from fleet.pki import Identity
+from fleet.registry.models import RevocationEvent
+
+log = logging.getLogger(__name__)
+
+_FINISH_WAIT = 5.0
+
+
+class RevocationWatcher:
+    def __init__(self, *, backend: Backend, audit: Audit, connections: Connections,
+                 broker: FleetBroker, interval: float) -> None:
+        self._backend = backend
+        self._audit = audit
+        self._connections = connections
+        self._broker = broker
+        self._interval = interval
+        self._last = 0
+        self._task: asyncio.Task[None] | None = None
+        self._purges: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Start after the newest event: earlier ones are checked at CONNECT anyway."""
+        self._last = await self._backend.last_revocation_id()
+        self._task = asyncio.create_task(self._run(), name="fleet-revocation-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._purges:
+            await asyncio.wait(set(self._purges), timeout=_FINISH_WAIT)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.poll()
+            except FleetError as exc:
+                log.warning("revocation poll failed, retrying: %s", exc)
+
+    async def poll(self) -> None:
+        """Apply every event since the last poll."""
+        while events := await self._backend.revocations_after(self._last):
+            for event in events:
+                self.apply(event)
+                self._last = event.id or self._last
+
+    def apply(self, event: RevocationEvent) -> None:
+        owned: Callable[[Connection], bool]
+        if event.serial:
+            serial = event.serial
+            targets = self._connections.with_serial(serial)
+            reason = f"certificate {serial} {event.kind}"
+            owned = lambda c: c.serial == serial  # noqa: E731
+        elif event.device_id:
+            identity = Identity("device", event.device_id)
+            targets = self._connections.of_identity(identity)
+            reason = f"device {event.device_id} {event.kind}"
+            owned = lambda c: c.identity == identity  # noqa: E731
+        else:
+            return
+        for connection in targets:
+            connection.abort(reason, suppress_will=True)
+            self._audit.disconnected(
+                "broker.disconnect", reason=reason, serial=connection.serial,
+                device_id=event.device_id, detail={"peer": connection.peer,
+                                                   "client_id": connection.client_id})
+        task = asyncio.create_task(self._purge(targets, owned))
+        self._purges.add(task)
+        task.add_done_callback(self._purges.discard)
+
+    async def _purge(self, targets: list[Connection],
+                     owned: Callable[[Connection], bool]) -> None:
+        """Purge the stored sessions last bound by a dropped identity, once it is gone."""
+        if targets:
+            await asyncio.wait({c.finished for c in targets}, timeout=_FINISH_WAIT)
+        for client_id, (session, _) in list(self._broker.sessions.items()):
+            owner = connection_of(session)
+            if owner is not None and owned(owner):
+                await self._broker.purge_session(client_id)

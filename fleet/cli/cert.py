@@ -1,0 +1,128 @@
+"""``fleet cert``: list, show and revoke certificates; issue service certificates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fleet import pki
+from fleet.ca import write_private, write_public
+from fleet.cli import params
+from fleet.cli.context import fleet_of
+from fleet.cli.output import command_group, emit_json, fields, iso, say, table
+from fleet.errors import ConflictError, NotFoundError
+from fleet.registry import Certificate, CertificateStatus
+from fleet.registry import certificates as certs_db
+
+app = command_group("Device and service certificates.")
+
+SerialArgument = Annotated[str, typer.Argument(
+    metavar="SERIAL", parser=params.serial, help="Serial number in hex (colons allowed).")]
+ReasonOption = Annotated[str | None, typer.Option(
+    "--reason", show_default=False, help=f"Required. {params.REASON_HELP}")]
+
+
+def certificate_json(row: Certificate) -> dict[str, Any]:
+    """A certificate as scripts see it; service certificates carry ``service``."""
+    owner = {"service": row.service} if row.service is not None else {"device_id": row.device_id}
+    return {
+        "serial": row.serial, **owner, "status": row.status,
+        "not_before": iso(row.not_before), "not_after": iso(row.not_after),
+        "fingerprint_sha256": row.fingerprint_sha256, "issued_at": iso(row.issued_at),
+        "revoked_at": iso(row.revoked_at), "revocation_reason": row.revocation_reason,
+        "replaces": row.replaces,
+    }
+
+
+def certificates_table(title: str, objects: list[dict[str, Any]]) -> None:
+    table(title, ("serial", "owner", "status", "not after", "reason"), (
+        (o["serial"], o.get("device_id") or f"service/{o.get('service')}", o["status"],
+         o["not_after"], o["revocation_reason"]) for o in objects), wide=("serial",))
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    device: Annotated[str | None, typer.Option("--device", help="Only this device.")] = None,
+    service: Annotated[str | None, typer.Option("--service", help="Only this service.")] = None,
+    status: Annotated[CertificateStatus | None, typer.Option(
+        "--status", case_sensitive=False, help="Only certificates in this state.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List certificates, oldest first."""
+    with fleet_of(ctx).session() as session:
+        rows = certs_db.list_certificates(session=session, device_id=device, service=service,
+                                          status=status.value if status else None)
+        objects = [certificate_json(row) for row in rows]
+    if as_json:
+        emit_json(objects)
+    else:
+        certificates_table("Certificates", objects)
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    serial: SerialArgument,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    pem: Annotated[bool, typer.Option("--pem", help="Print the certificate as PEM.")] = False,
+) -> None:
+    """Show one certificate."""
+    with fleet_of(ctx).session() as session:
+        row = certs_db.get_certificate(session=session, serial=serial)
+    if row is None:
+        raise NotFoundError(f"unknown certificate serial {serial}", serial=serial)
+    if pem:
+        typer.echo(row.pem, nl=False)
+        return
+    data = certificate_json(row)
+    if as_json:
+        emit_json(data)
+        return
+    fields(data)
+
+
+@app.command("revoke")
+def revoke(ctx: typer.Context, serial: SerialArgument, reason: ReasonOption = None) -> None:
+    """Revoke one certificate; it joins the CRL and its live sessions are dropped."""
+    fleet = fleet_of(ctx)
+    name = params.reason(reason)
+    row = fleet.authority.revoke_certificate(serial=serial, reason=name, actor=fleet.actor)
+    owner = row.device_id or f"service/{row.service}"
+    say(f"revoked certificate {row.serial} of {owner} ({name})")
+
+
+@app.command("issue-service")
+def issue_service(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Service name (letters, digits, . _ -).")],
+    out_dir: Annotated[Path, typer.Option(
+        "--out-dir", file_okay=False, help="Where NAME.pem, NAME.key and ca.pem are written.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Issue a client certificate for a backend service with a fresh P-256 key."""
+    fleet = fleet_of(ctx)
+    pki.check_service_name(name)  # before it becomes part of a file name
+    cert_path, key_path, chain_path = (out_dir / f"{name}.pem", out_dir / f"{name}.key",
+                                       out_dir / "ca.pem")
+    existing = [str(p) for p in (cert_path, key_path) if p.exists()]
+    if existing and not force:
+        raise ConflictError(f"{', '.join(existing)} already exist(s); use --force to replace")
+    key = pki.generate_private_key("p256")
+    issued = fleet.authority.issue_service_certificate(name=name, public_key=key.public_key(),
+                                                       actor=fleet.actor)
+    write_private(key_path, pki.private_key_pem(key))
+    write_public(cert_path, pki.certificate_pem(issued.certificate).encode())
+    write_public(chain_path, fleet.authority.ca.chain_pem().encode())
+    data = {**certificate_json(issued.record),
+            "uri": pki.Identity("service", name).spiffe_uri(fleet.settings.trust_domain),
+            "certificate_file": str(cert_path), "key_file": str(key_path),
+            "chain_file": str(chain_path)}
+    if as_json:
+        emit_json(data)
+        return
+    say(f"issued {data['uri']} serial {data['serial']}, valid until {data['not_after']}")
+    say(f"certificate: {cert_path}\nkey (0600):  {key_path}\nCA chain:    {chain_path}")

@@ -1,0 +1,84 @@
+"""What every command shares: settings, the registry engine, the authority, the actor."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import typer
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from fleet.authority import Authority
+from fleet.registry import make_engine, migrate, unavailable_as_error
+from fleet.registry import session as new_session
+from fleet.settings import Settings, load_settings
+
+
+class Fleet:
+    """Built once per invocation; settings, engine and authority are created on first use."""
+
+    def __init__(self, *, config_file: Path | None, data_dir: Path | None) -> None:
+        self._config_file = config_file
+        self._data_dir = data_dir
+
+    @cached_property
+    def settings(self) -> Settings:
+        settings = load_settings(self._config_file)
+        return settings.with_overrides(data_dir=(self._data_dir or settings.data_dir).resolve())
+
+    def override(self, **changes: Any) -> Settings:
+        """Apply command flags (None means "not given") before the engine is created."""
+        if "engine" in self.__dict__:
+            raise RuntimeError("settings changed after the registry was opened")
+        self.__dict__["settings"] = self.settings.with_overrides(**changes)
+        return self.settings
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The registry engine, with the schema brought up to date."""
+        engine = make_engine(self.settings.effective_database_url, pool_size=2)
+        try:
+            migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return engine
+
+    @cached_property
+    def authority(self) -> Authority:
+        return Authority(settings=self.settings, engine=self.engine)
+
+    @property
+    def actor(self) -> str:
+        return f"operator:{login_name()}"
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A read-only session on the registry."""
+        with unavailable_as_error(), new_session(self.engine) as session:
+            yield session
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+
+def login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no passwd entry, e.g. an arbitrary uid in a container
+        return f"uid{os.getuid()}"
+
+
+def fleet_of(ctx: typer.Context) -> Fleet:
+    """The Fleet object the root callback put on the context."""
+    obj = ctx.find_root().obj
+    if not isinstance(obj, Fleet):
+        raise RuntimeError("fleet CLI context is missing")
+    return obj

@@ -1,0 +1,109 @@
+"""``fleet device``: list, show, revoke, suspend and resume devices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+
+from fleet.cli import params
+from fleet.cli.cert import ReasonOption, certificates_table
+from fleet.cli.context import fleet_of
+from fleet.cli.output import command_group, emit_json, fields, iso, say, table
+from fleet.errors import NotFoundError
+from fleet.registry import Certificate, Device, DeviceStatus
+from fleet.registry import certificates as certs_db
+from fleet.registry import devices as devices_db
+
+app = command_group("Enrolled (and pre-registered) devices.")
+
+STATUS_REASON_MAX = 64  # the registry column's width
+DeviceArgument = Annotated[str, typer.Argument(metavar="ID", help="Device id.")]
+
+
+def device_json(row: Device, certificates: Sequence[Certificate] | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": row.id, "group": row.group, "status": row.status,
+        "status_reason": row.status_reason, "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
+    }
+    if certificates is not None:
+        data["certificates"] = [
+            {"serial": c.serial, "status": c.status, "not_before": iso(c.not_before),
+             "not_after": iso(c.not_after), "revocation_reason": c.revocation_reason}
+            for c in certificates
+        ]
+    return data
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: Annotated[DeviceStatus | None, typer.Option(
+        "--status", case_sensitive=False, help="Only devices in this state.")] = None,
+    group: Annotated[str | None, typer.Option("--group", help="Only this group.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List devices by id."""
+    with fleet_of(ctx).session() as session:
+        objects = [device_json(row) for row in devices_db.list_devices(
+            session=session, status=status.value if status else None, group=group)]
+    if as_json:
+        emit_json(objects)
+        return
+    table("Devices", ("id", "group", "status", "reason", "updated"), (
+        (o["id"], o["group"], o["status"], o["status_reason"], o["updated_at"])
+        for o in objects))
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    device_id: DeviceArgument,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a device and its certificates."""
+    with fleet_of(ctx).session() as session:
+        row = devices_db.get_device(session=session, device_id=device_id)
+        if row is None:
+            raise NotFoundError(f"unknown device {device_id!r}", device_id=device_id)
+        data = device_json(row, certs_db.list_certificates(session=session, device_id=row.id))
+    if as_json:
+        emit_json(data)
+        return
+    fields(data, keys=("id", "group", "status", "status_reason", "created_at", "updated_at"))
+    certificates_table("Certificates", [
+        {**c, "device_id": row.id} for c in data["certificates"]])
+
+
+@app.command("revoke")
+def revoke(ctx: typer.Context, device_id: DeviceArgument, reason: ReasonOption = None) -> None:
+    """Revoke a device: all its certificates and unused tokens; it can never enroll again."""
+    fleet = fleet_of(ctx)
+    name = params.reason(reason)
+    fleet.authority.revoke_device(device_id=device_id, reason=name, actor=fleet.actor)
+    say(f"revoked device {device_id} ({name})")
+
+
+@app.command("suspend")
+def suspend(
+    ctx: typer.Context,
+    device_id: DeviceArgument,
+    reason: Annotated[str | None, typer.Option("--reason", help="Free-text note.")] = None,
+) -> None:
+    """Suspend a device: it is dropped from the broker until resumed."""
+    if reason is not None and len(reason) > STATUS_REASON_MAX:
+        raise typer.BadParameter(f"at most {STATUS_REASON_MAX} characters",
+                                 param_hint="'--reason'")
+    fleet = fleet_of(ctx)
+    fleet.authority.suspend_device(device_id=device_id, reason=reason, actor=fleet.actor)
+    say(f"suspended device {device_id}")
+
+
+@app.command("resume")
+def resume(ctx: typer.Context, device_id: DeviceArgument) -> None:
+    """Resume a suspended device."""
+    fleet = fleet_of(ctx)
+    fleet.authority.resume_device(device_id=device_id, actor=fleet.actor)
+    say(f"resumed device {device_id}")

@@ -1,0 +1,38 @@
+"""``fleet expiring``: certificates still in use that expire soon."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+
+from fleet.cli import params
+from fleet.cli.cert import certificate_json, certificates_table
+from fleet.cli.context import fleet_of
+from fleet.cli.output import emit_json
+from fleet.registry import CertificateStatus, utcnow
+from fleet.registry import certificates as certs_db
+
+DEFAULT_WINDOW = timedelta(days=7)
+IN_USE = (CertificateStatus.ACTIVE, CertificateStatus.SUPERSEDED)
+
+
+def expiring(
+    ctx: typer.Context,
+    within: Annotated[timedelta | None, typer.Option(
+        "--within", parser=params.duration, metavar="DURATION", show_default="7d",
+        help="Window from now, e.g. 12h, 30d.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Active or superseded certificates that expire within the window, soonest first."""
+    now = utcnow()
+    window = within or DEFAULT_WINDOW
+    with fleet_of(ctx).session() as session:
+        rows = certs_db.list_certificates(session=session, expiring_before=now + window)
+        objects = [certificate_json(row) for row in sorted(rows, key=lambda r: r.not_after)
+                   if row.status in IN_USE and row.not_after > now]
+    if as_json:
+        emit_json(objects)
+    else:
+        certificates_table("Certificates expiring", objects)

@@ -1,0 +1,146 @@
+"""``fleet serve est|broker`` (one part per process) and ``fleet up`` (both, in the foreground).
+
+The services are imported when a command needs them, so the rest of the CLI works in an
+installation without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Protocol, cast
+
+import typer
+
+from fleet.cli.context import fleet_of
+from fleet.cli.init import initialize
+from fleet.cli.output import command_group, note, say
+from fleet.errors import FleetError
+from fleet.settings import Settings
+
+app = command_group("Run one service in the foreground.")
+
+EST_MODULE = "provisioning.server"
+BROKER_MODULE = "fleet.broker.server"
+
+
+class RunningServer(Protocol):
+    port: int
+
+    async def close(self) -> None: ...
+
+
+Start = Callable[..., Awaitable[RunningServer]]
+Serve = Callable[..., None]
+
+
+def service(module_name: str, function: str) -> Any:
+    """*function* from a service module, or a clear error when that module is not installed."""
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise FleetError(f"{module_name} is not available in this installation, so this "
+                             "service cannot run") from None
+        raise
+    try:
+        return getattr(module, function)
+    except AttributeError:
+        raise FleetError(f"{module_name} has no {function}(); this installation is "
+                         "incomplete") from None
+
+
+HostOption = Annotated[str | None, typer.Option(
+    "--host", help="Address to listen on.", show_default="config, 127.0.0.1")]
+
+
+@app.command("est")
+def est(
+    ctx: typer.Context,
+    host: HostOption = None,
+    port: Annotated[int | None, typer.Option(
+        "--port", min=0, max=65535, show_default="config, 8443")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, show_default="config, 1", help="Worker processes.")] = None,
+) -> None:
+    """The EST enrollment service (RFC 7030) over HTTPS."""
+    fleet = fleet_of(ctx)
+    settings = fleet.override(est_host=host, est_port=port, est_workers=workers)
+    serve = cast(Serve, service(EST_MODULE, "serve"))
+    fleet.engine  # noqa: B018 - apply migrations before the workers start
+    fleet.close()
+    serve(settings, host=settings.est_host, port=settings.est_port, workers=settings.est_workers)
+
+
+@app.command("broker")
+def broker(
+    ctx: typer.Context,
+    host: HostOption = None,
+    port: Annotated[int | None, typer.Option(
+        "--port", min=0, max=65535, show_default="config, 8883")] = None,
+) -> None:
+    """The MQTT broker (MQTT 3.1.1 over mutual TLS)."""
+    fleet = fleet_of(ctx)
+    settings = fleet.override(broker_host=host, broker_port=port)
+    serve = cast(Serve, service(BROKER_MODULE, "serve"))
+    fleet.engine  # noqa: B018 - apply migrations before listening
+    fleet.close()
+    serve(settings, host=settings.broker_host, port=settings.broker_port)
+
+
+def up(
+    ctx: typer.Context,
+    est_port: Annotated[int | None, typer.Option(
+        "--est-port", min=0, max=65535, show_default="config, 8443")] = None,
+    mqtt_port: Annotated[int | None, typer.Option(
+        "--mqtt-port", min=0, max=65535, show_default="config, 8883")] = None,
+    host: HostOption = None,
+) -> None:
+    """EST service and broker in one process, in the foreground (initializes if needed)."""
+    fleet = fleet_of(ctx)
+    fleet.override(est_port=est_port, broker_port=mqtt_port, est_host=host, broker_host=host)
+    start_est = cast(Start, service(EST_MODULE, "start"))
+    start_broker = cast(Start, service(BROKER_MODULE, "start"))
+    report = initialize(fleet)
+    if report.ca != "found" or report.server_certificate_issued:
+        for line in report.lines():
+            note(line)
+    fleet.close()
+    asyncio.run(_run_both(fleet.settings, start_est, start_broker))
+
+
+async def _run_both(settings: Settings, start_est: Start, start_broker: Start) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    running: list[RunningServer] = []
+    try:
+        est_server = await start_est(settings, host=settings.est_host, port=settings.est_port)
+        running.append(est_server)
+        mqtt_server = await start_broker(settings, host=settings.broker_host,
+                                         port=settings.broker_port)
+        running.append(mqtt_server)
+        say(f"EST listening on https://{_authority(settings.est_host, est_server.port)}"
+            "/.well-known/est")
+        say(f"MQTT listening on mqtts://{_authority(settings.broker_host, mqtt_server.port)}")
+        say(f"data dir: {settings.data_dir}")
+        sys.stdout.flush()
+        await stop.wait()
+        note("stopping")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        results = await asyncio.gather(*(server.close() for server in reversed(running)),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                note(f"error while stopping: {result}")
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+

@@ -1,0 +1,253 @@
+"""The EST HTTP surface (RFC 7030): routes and handlers over ``fleet.authority``.
+
+Policy lives in the authority; this module reads requests, applies the edge's own limits and
+maps the outcome to HTTP. Refusals the edge decides itself (no credential, body too large,
+wrong media type, rate limit) are audited here; the authority audits its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from typing import TypeVar
+
+from aiohttp import hdrs, web
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from fleet import pki
+from fleet.authority import Authority, Issued, serial_hex
+from fleet.errors import (
+    AuthenticationError,
+    ConflictError,
+    FleetError,
+    RegistryUnavailableError,
+)
+from provisioning import auth, wire
+from provisioning.limits import FailedAuthLimiter, InFlight, ServerBusyError, read_body
+from provisioning.metrics import Metrics
+from provisioning.refusals import refusal, status_of
+
+EST_ROOT = "/.well-known/est"
+OPERATIONS = ("cacerts", "simpleenroll", "simplereenroll", "csrattrs")
+
+log = logging.getLogger("provisioning")
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class EstService:
+    """One process's EST service: the authority, its thread pool, limits and cached bodies."""
+
+    def __init__(self, *, authority: Authority, executor: Executor,
+                 metrics: Metrics | None = None) -> None:
+        settings = authority.settings
+        self.authority = authority
+        self.executor = executor
+        self.metrics = metrics or Metrics()
+        self.labels = dict(settings.est_labels)
+        self.max_body = settings.est_max_body_bytes
+        self.limiter = FailedAuthLimiter(settings.est_auth_failures_per_minute)
+        self.in_flight = InFlight(settings.est_max_concurrent_requests)
+        # Built once: the CA chain and the CSR attributes do not change while running.
+        self.cacerts_body = wire.certs_only_body(list(authority.ca.chain))
+        self.csrattrs_body = wire.encode_body(wire.csr_attributes())
+        self._crl: tuple[x509.CertificateRevocationList, bytes] | None = None
+
+    async def call(self, function: Callable[..., T], /, *args: object, **kwargs: object) -> T:
+        """Run a blocking registry call in the bounded thread pool."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.executor,
+                                              functools.partial(function, *args, **kwargs))
+        except OperationalError as exc:  # SQLite "database is locked" after the busy timeout
+            raise RegistryUnavailableError(f"registry database busy: {exc.orig}") from exc
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def routes(self) -> list[web.RouteDef]:
+        handlers: dict[str, tuple[str, Handler]] = {
+            "cacerts": (hdrs.METH_GET, self.cacerts),
+            "csrattrs": (hdrs.METH_GET, self.csrattrs),
+            "simpleenroll": (hdrs.METH_POST, self.simpleenroll),
+            "simplereenroll": (hdrs.METH_POST, self.simplereenroll),
+        }
+        table = []
+        for operation, (method, handler) in handlers.items():
+            for prefix in (EST_ROOT, EST_ROOT + "/{label}"):
+                table.append(web.route(method, f"{prefix}/{operation}", handler))
+        table += [web.get("/crl", self.crl), web.get("/healthz", self.healthz)]
+        return table
+
+    def group_of(self, request: web.Request) -> str | None:
+        """The group an EST label selects (None without a label); unknown labels are 404."""
+        label = request.match_info.get("label")
+        if label is None:
+            return None
+        group = self.labels.get(label)
+        if group is None:
+            raise web.HTTPNotFound(text=f"unknown EST label {label[:64]!r}\n")
+        return group
+
+    # -- distribution endpoints -------------------------------------------------------------
+
+    async def cacerts(self, request: web.Request) -> web.Response:
+        self.group_of(request)
+        return web.Response(body=self.cacerts_body, headers=wire.base64_headers(wire.PKCS7_MIME))
+
+    async def csrattrs(self, request: web.Request) -> web.Response:
+        self.group_of(request)
+        return web.Response(body=self.csrattrs_body, headers=wire.base64_headers(wire.CSRATTRS))
+
+    async def crl(self, _request: web.Request) -> web.Response:
+        try:
+            current = await self.call(self.authority.current_crl)
+        except FleetError as error:
+            return self._refused("crl", error)
+        cached = self._crl
+        if cached is None or cached[0] is not current:
+            cached = self._crl = (current, current.public_bytes(Encoding.DER))
+        return web.Response(body=cached[1], headers={"Content-Type": wire.PKIX_CRL})
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        try:
+            await self.call(self.authority.last_revocation_id)
+        except FleetError as error:
+            return self._refused("healthz", error)
+        return web.Response(text="ok\n")
+
+    # -- enrollment -------------------------------------------------------------------------
+
+    async def simpleenroll(self, request: web.Request) -> web.Response:
+        """RFC 7030 4.2.1: a bootstrap token (Basic password or Bearer) authorizes the CSR."""
+        group = self.group_of(request)
+        source, actor = _source(request)
+        device_id: str | None = None
+        try:
+            self.limiter.check(source)
+            credential = auth.token_credential(request.headers.get(hdrs.AUTHORIZATION))
+            device_id = _device_id_or_none(credential.username)
+            csr = await self._csr(request)
+        except FleetError as error:
+            await self._audit_edge_refusal("enroll", error, actor, device_id=device_id)
+            return self._refused("simpleenroll", error, source)
+        try:
+            issued = await self._issue("enroll", self.authority.enroll, actor,
+                                       credential=credential, csr=csr, group=group)
+        except FleetError as error:
+            return self._refused("simpleenroll", error, source)
+        return self._issued("simpleenroll", issued)
+
+    async def simplereenroll(self, request: web.Request) -> web.Response:
+        """RFC 7030 4.2.2: the verified TLS client certificate authorizes its own renewal."""
+        self.group_of(request)
+        source, actor = _source(request)
+        serial: str | None = None
+        try:
+            self.limiter.check(source)
+            certificate = auth.peer_certificate(request.transport)
+            if certificate is None:
+                raise auth.missing_certificate()
+            serial = serial_hex(certificate.serial_number)
+            csr = await self._csr(request)
+        except FleetError as error:
+            await self._audit_edge_refusal("reenroll", error, actor, serial=serial)
+            return self._refused("simplereenroll", error, source)
+        try:
+            issued = await self._issue("reenroll", self.authority.reenroll, actor,
+                                       client_certificate=certificate, csr=csr)
+        except FleetError as error:
+            return self._refused("simplereenroll", error, source)
+        return self._issued("simplereenroll", issued)
+
+    async def _csr(self, request: web.Request) -> bytes:
+        wire.check_media_type(request.headers.get(hdrs.CONTENT_TYPE))
+        return wire.decode_csr_body(await read_body(request, self.max_body))
+
+    async def _issue(self, action: str, operation: Callable[..., Issued], actor: str,
+                     **kwargs: object) -> Issued:
+        try:
+            return await self.call(operation, actor=actor, **kwargs)
+        except IntegrityError as exc:
+            # Two first enrollments of one device id raced; the loser changed nothing.
+            error = ConflictError("a concurrent request enrolled this device; retry",
+                                  detail=type(exc.orig).__name__)
+            await self.call(self.authority.audit_refusal, action, error, actor=actor)
+            raise error from exc
+
+    def _issued(self, operation: str, issued: Issued) -> web.Response:
+        self.metrics.certificate_issued(operation)
+        log.info("%s issued serial %s to %s", operation, issued.record.serial,
+                 issued.record.device_id)
+        return web.Response(body=wire.certs_only_body([issued.certificate]),
+                            headers=wire.base64_headers(wire.CERTS_ONLY))
+
+    # -- refusals ---------------------------------------------------------------------------
+
+    async def _audit_edge_refusal(self, action: str, error: FleetError, actor: str,
+                                  **subject: str | None) -> None:
+        try:
+            await self.call(self.authority.audit_refusal, action, error, actor=actor, **subject)
+        except FleetError as failure:  # the refusal stands even when it cannot be recorded
+            log.warning("could not audit a refused %s: %s", action, failure.message)
+
+    def _refused(self, operation: str, error: FleetError,
+                 source: str | None = None) -> web.Response:
+        status = status_of(error)
+        if (source is not None and isinstance(error, AuthenticationError)
+                and not isinstance(error, auth.MissingCredentialsError)):
+            self.limiter.record_failure(source)
+        level = logging.WARNING if status >= 500 else logging.INFO
+        log.log(level, "%s refused with %d for %s: %s", operation, status, source or "-",
+                error.message)
+        return refusal(error)
+
+    @web.middleware
+    async def observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Bound the requests in flight, answer unforeseen errors with 500, count outcomes."""
+        started = time.perf_counter()
+        operation = _operation(request.path)
+        status = 500
+        try:
+            self.in_flight.enter()
+        except ServerBusyError as error:
+            self.metrics.observe(operation, 503, time.perf_counter() - started)
+            return refusal(error)
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except Exception:
+            log.exception("%s failed", operation)
+            return web.Response(status=500, text="internal server error\n")
+        finally:
+            self.in_flight.leave()
+            self.metrics.observe(operation, status, time.perf_counter() - started)
+
+
+def build_app(service: EstService) -> web.Application:
+    app = web.Application(middlewares=[service.observe], client_max_size=service.max_body)
+    app.add_routes(service.routes())
+    return app
+
+
+def _source(request: web.Request) -> tuple[str, str]:
+    source = request.remote or "unknown"
+    return source, f"est:{source}"
+
+
+def _operation(path: str) -> str:
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    return last if last in (*OPERATIONS, "crl", "healthz") else "other"
+
+
+def _device_id_or_none(value: str | None) -> str | None:
+    return value if value and pki.DEVICE_ID_PATTERN.fullmatch(value) else None

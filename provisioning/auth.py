@@ -1,0 +1,70 @@
+"""Who is asking: HTTP Basic/Bearer credentials and the TLS client certificate.
+
+RFC 7030 3.2.3: the one-time enrollment secret travels as the Basic password (the username may
+be the device id, or empty). ``Authorization: Bearer <token>`` is accepted as a convenience.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ssl
+
+from cryptography import x509
+
+from fleet.authority import TokenCredential
+from fleet.errors import AuthenticationError
+
+REALM = "fleet"
+CHALLENGE = f'Basic realm="{REALM}"'
+
+
+class MissingCredentialsError(AuthenticationError):
+    """The request carries no credential at all (the RFC 7030 challenge case)."""
+
+
+def token_credential(authorization: str | None) -> TokenCredential:
+    """The bootstrap token an ``Authorization`` header presents.
+
+    Raises MissingCredentialsError without a header and AuthenticationError for a header
+    that cannot be read; messages never echo what was sent.
+    """
+    if not authorization or not authorization.strip():
+        raise MissingCredentialsError(
+            "authentication required: send the bootstrap token as the HTTP Basic password "
+            "(username = device id) or as a Bearer token")
+    scheme, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        return TokenCredential(token=value)
+    if scheme.lower() == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise AuthenticationError("malformed HTTP Basic credentials") from None
+        username, colon, password = decoded.partition(":")
+        if not colon:
+            raise AuthenticationError("malformed HTTP Basic credentials (no ':')")
+        return TokenCredential(token=password, username=username or None)
+    raise AuthenticationError("unsupported Authorization scheme: use Basic or Bearer")
+
+
+def peer_certificate(transport: asyncio.BaseTransport | None) -> x509.Certificate | None:
+    """The client certificate the TLS handshake verified, if the client presented one.
+
+    The server context verifies any presented certificate against the fleet CA during the
+    handshake, so a certificate seen here has already chained to it.
+    """
+    if transport is None:
+        return None
+    ssl_object = transport.get_extra_info("ssl_object")
+    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def missing_certificate() -> AuthenticationError:
+    return MissingCredentialsError(
+        "simplereenroll requires the TLS client certificate being renewed")

@@ -1,0 +1,277 @@
+"""Running the EST service: in this event loop (``start``) or as the blocking ``serve``.
+
+``serve(..., workers=N)`` runs N processes that each bind the same port with SO_REUSEPORT, so
+the kernel spreads connections over them; each has its own database pool, thread pool and
+counters (worker *i* serves metrics on ``est_metrics_port + i``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any
+
+from aiohttp import web
+
+from fleet.authority import Authority
+from fleet.ca import load_ca
+from fleet.errors import ConfigError, FleetError, RegistryUnavailableError
+from fleet.registry import make_engine, migrate
+from fleet.settings import Settings
+from provisioning.app import EST_ROOT, EstService, build_app
+from provisioning.metrics import Metrics, serve_metrics
+from provisioning.tls import server_context
+
+log = logging.getLogger("provisioning")
+
+DB_THREADS = {"sqlite": 1, "postgresql": 8}
+"""Threads running blocking registry calls (and connections in the database pool).
+
+SQLite admits one writer at a time: more threads in one process only wait in SQLite's busy
+handler (which sleeps 1-100 ms between attempts) and contend for the GIL.
+"""
+LISTEN_BACKLOG = 1024
+SHUTDOWN_SECONDS = 5.0
+WORKER_START_SECONDS = 60.0
+READY = "ready"
+
+
+class RunningServer:
+    """A started EST service; ``port`` is the port actually bound."""
+
+    def __init__(self, *, port: int, metrics_port: int | None,
+                 close: Callable[[], Awaitable[None]]) -> None:
+        self.port = port
+        self.metrics_port = metrics_port
+        self._close = close
+        self._closed = False
+
+    async def close(self) -> None:
+        """Stop accepting, finish requests in flight, release the database and threads."""
+        if not self._closed:
+            self._closed = True
+            await self._close()
+
+
+async def start(settings: Settings, *, host: str, port: int,
+                reuse_port: bool = False) -> RunningServer:
+    """Start the EST service (HTTPS) and its metrics port in the running event loop."""
+    context = server_context(settings)
+    ca = await asyncio.to_thread(load_ca, settings)
+    url = settings.effective_database_url
+    threads = DB_THREADS["sqlite" if url.startswith("sqlite") else "postgresql"]
+    engine = make_engine(url, pool_size=threads)
+    try:
+        await asyncio.to_thread(migrate, engine)
+    except RegistryUnavailableError as exc:
+        # Serve anyway: requests get 503 + Retry-After until the database is back.
+        log.warning("starting without the registry database: %s", exc.message)
+    executor = ThreadPoolExecutor(threads, thread_name_prefix="est-registry")
+    metrics = Metrics()
+    authority = Authority(settings=settings, engine=engine, ca=ca)
+    service = EstService(authority=authority, executor=executor, metrics=metrics)
+    runner = web.AppRunner(build_app(service), shutdown_timeout=SHUTDOWN_SECONDS)
+    metrics_runner: web.AppRunner | None = None
+    try:
+        await runner.setup()
+        sock = listen_socket(host, port, reuse_port=reuse_port, setting="est.port")
+        site = web.SockSite(runner, sock, ssl_context=context, backlog=LISTEN_BACKLOG)
+        await site.start()
+        bound = sock.getsockname()[1]
+        metrics_port = None
+        if settings.est_metrics_port:
+            metrics_runner, metrics_port = await _start_metrics(metrics,
+                                                                settings.est_metrics_port)
+    except BaseException:
+        await runner.cleanup()
+        executor.shutdown(wait=False)
+        engine.dispose()
+        raise
+
+    async def close() -> None:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+        await runner.cleanup()
+        await asyncio.to_thread(executor.shutdown, wait=True)
+        engine.dispose()
+
+    log.info("EST service on %s:%d (metrics: %s)", host, bound,
+             f"127.0.0.1:{metrics_port}" if metrics_port else "off")
+    return RunningServer(port=bound, metrics_port=metrics_port, close=close)
+
+
+async def _start_metrics(metrics: Metrics, port: int) -> tuple[web.AppRunner | None, int | None]:
+    """Metrics are an aid, not a duty: a busy metrics port is logged, not fatal."""
+    try:
+        sock = listen_socket("127.0.0.1", port, reuse_port=False, setting="est.metrics_port")
+    except ConfigError as exc:
+        log.warning("metrics disabled: %s", exc.message)
+        return None, None
+    return await serve_metrics(metrics, sock), sock.getsockname()[1]
+
+
+def listen_socket(host: str, port: int, *, reuse_port: bool, setting: str) -> socket.socket:
+    """A bound TCP socket (listening starts when the server takes it)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(setting, f"{host}:{port}", f"cannot listen: {exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(setting, f"{host}:{port}",
+                          f"cannot listen: {exc.strerror or exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+# -- the blocking entry point ---------------------------------------------------------------
+
+def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
+    """Serve until SIGINT or SIGTERM; prints one line when ready to accept connections."""
+    if workers < 1:
+        raise ConfigError("est.workers", workers, "must be at least 1")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if workers == 1:
+        _run(_serve_here(settings, host=host, port=port))
+        return
+    _serve_workers(settings, host=host, port=port, workers=workers)
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run *main* on uvloop when it is installed (its TLS costs less CPU per handshake)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+def ready_line(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"EST listening on https://{shown}:{port}{EST_ROOT}"
+
+
+async def _serve_here(settings: Settings, *, host: str, port: int, reuse_port: bool = False,
+                      ready: Callable[[int], None] | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    server = await start(settings, host=host, port=port, reuse_port=reuse_port)
+    try:
+        if ready is None:
+            print(ready_line(host, server.port), flush=True)
+        else:
+            ready(server.port)
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+def _serve_workers(settings: Settings, *, host: str, port: int, workers: int) -> None:
+    # Hold the port (bound, not listening) so that port 0 resolves once for every worker.
+    reservation = listen_socket(host, port, reuse_port=True, setting="est.port")
+    port = reservation.getsockname()[1]
+    spawn = multiprocessing.get_context("spawn")
+    children: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for index in range(workers):
+            receiver, sender = spawn.Pipe(duplex=False)
+            worker_settings = settings
+            if settings.est_metrics_port:
+                worker_settings = settings.with_overrides(
+                    est_metrics_port=settings.est_metrics_port + index)
+            process: multiprocessing.process.BaseProcess = spawn.Process(
+                target=_worker, name=f"est-worker-{index}",
+                args=(worker_settings, host, port, sender), daemon=True)
+            process.start()
+            sender.close()
+            children.append((process, receiver))
+        for process, receiver in children:
+            _await_ready(process, receiver, lambda: stopping)
+        reservation.close()
+        if stopping:
+            return
+        print(ready_line(host, port), flush=True)
+        log.info("EST service running %d worker processes", workers)
+        while not stopping:
+            for process, _ in children:
+                process.join(timeout=0.5 / workers)
+                if not process.is_alive() and not stopping:
+                    raise FleetError(f"EST worker {process.name} exited with code "
+                                     f"{process.exitcode}")
+    finally:
+        reservation.close()
+        for process, _ in children:
+            if process.is_alive():
+                process.terminate()
+        for process, _ in children:
+            process.join(timeout=SHUTDOWN_SECONDS + 5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _await_ready(process: multiprocessing.process.BaseProcess, receiver: Connection,
+                 stopping: Callable[[], bool]) -> None:
+    waited = 0.0
+    while not stopping():
+        if receiver.poll(0.2):
+            try:
+                message = receiver.recv()
+            except EOFError:
+                message = f"exited with code {process.exitcode}"
+            if message != READY:
+                raise FleetError(f"EST worker {process.name} did not start: {message}")
+            return
+        waited += 0.2
+        if waited >= WORKER_START_SECONDS or not process.is_alive():
+            raise FleetError(f"EST worker {process.name} did not start "
+                             f"(exit code {process.exitcode})")
+
+
+def _worker(settings: Settings, host: str, port: int, ready: Connection) -> None:
+    """One worker process: serve on the shared port, report readiness to the parent."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s[%(process)d]: "
+                                   "%(message)s")
+    started = False
+
+    def report(_port: int) -> None:
+        nonlocal started
+        started = True
+        ready.send(READY)
+
+    try:
+        _run(_serve_here(settings, host=host, port=port, reuse_port=True, ready=report))
+    except Exception as exc:
+        if not started:
+            ready.send(exc.message if isinstance(exc, FleetError)
+                       else f"{type(exc).__name__}: {exc}")
+        raise

@@ -1,0 +1,68 @@
+"""Admitted devices and services: allowed publish and subscribe work end to end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .conftest import Enroll
+from .helpers import Client, Credentials
+
+
+def test_device_connects_with_its_own_client_id(enroll: Enroll,
+                                                connect: Callable[..., Client]) -> None:
+    connect(enroll("d1"))
+
+
+def test_service_receives_device_telemetry(enroll: Enroll,
+                                           issue_service: Callable[[str], Credentials],
+                                           connect: Callable[..., Client]) -> None:
+    sink = connect(issue_service("ingest"), client_id="ingest-1")
+    assert sink.subscribe("devices/+/telemetry", qos=1) == [1]
+    device = connect(enroll("d1"))
+    device.publish("devices/d1/telemetry", b"21.5", qos=1)
+    message = sink.receive()
+    assert message is not None
+    assert (message.topic, message.payload, message.qos) == ("devices/d1/telemetry", b"21.5", 1)
+
+
+def test_device_receives_its_commands_and_group_broadcasts(
+        enroll: Enroll, issue_service: Callable[[str], Credentials],
+        connect: Callable[..., Client]) -> None:
+    device = connect(enroll("d1", group="g1"))
+    assert device.subscribe("devices/d1/commands/#", "groups/g1/broadcast/#") == [1, 1]
+    backend = connect(issue_service("control"))
+    backend.publish("devices/d1/commands/reboot", b"now", qos=1)
+    backend.publish("groups/g1/broadcast/firmware", b"v2", qos=0)
+    received = {(m.topic, m.payload) for m in (device.receive(), device.receive()) if m}
+    assert received == {("devices/d1/commands/reboot", b"now"),
+                        ("groups/g1/broadcast/firmware", b"v2")}
+
+
+def test_qos_is_the_minimum_of_publish_and_subscription(
+        enroll: Enroll, issue_service: Callable[[str], Credentials],
+        connect: Callable[..., Client]) -> None:
+    sink = connect(issue_service("ingest"))
+    assert sink.subscribe("devices/+/telemetry", qos=0) == [0]
+    device = connect(enroll("d1"))
+    device.publish("devices/d1/telemetry", b"x", qos=1)
+    message = sink.receive()
+    assert message is not None
+    assert message.qos == 0
+
+
+def test_persistent_session_gets_queued_qos1_messages(
+        enroll: Enroll, issue_service: Callable[[str], Credentials],
+        connect: Callable[..., Client]) -> None:
+    credentials = enroll("d1")
+    device = connect(credentials, clean_session=False)
+    device.subscribe("devices/d1/commands/#", qos=1)
+    device.close()
+    backend = connect(issue_service("control"))
+    backend.publish("devices/d1/commands/a", b"1", qos=1)
+    backend.publish("devices/d1/commands/b", b"0", qos=0)  # QoS 0 is not kept offline
+    again = connect(credentials, clean_session=False)
+    message = again.receive()
+    assert message is not None
+    assert (message.topic, message.payload) == (
+        "devices/d1/commands/a", b"1")
+    assert again.receive(timeout=0.3) is None

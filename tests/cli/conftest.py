@@ -1,0 +1,46 @@
+"""Fixtures for the CLI: the Typer app run in-process against a real data dir."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fleet import pki
+from fleet.authority import Authority, Issued, TokenCredential
+
+from .helpers import Enroll, Run, csr_for
+
+
+@pytest.fixture
+def fleet(data_dir: Path) -> Run:
+    """The CLI on the fixture data dir (CA in place)."""
+    return Run(data_dir, CliRunner())
+
+
+@pytest.fixture
+def empty_fleet(tmp_path: Path) -> Run:
+    """The CLI on a data dir that does not exist yet."""
+    return Run(tmp_path / "new-data", CliRunner())
+
+
+@pytest.fixture
+def enroll(sqlite_authority: Authority) -> Enroll:
+    """Enroll a device over the real authority on the same registry the CLI uses."""
+
+    def enroll(device_id: str, group: str = "sensors", *,
+               clock: Callable[[], datetime] | None = None) -> Issued:
+        authority = sqlite_authority
+        if clock is not None:
+            authority = Authority(settings=authority.settings, engine=authority.engine,
+                                  ca=authority.ca, clock=clock)
+        token = authority.create_tokens(group=group, actor="factory")[0]
+        key = pki.generate_private_key()
+        return authority.enroll(credential=TokenCredential(str(token.token)),
+                                csr=csr_for(device_id, key), actor="device")
+
+    return enroll
+

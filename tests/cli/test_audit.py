@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from fleet.cli.app import EXIT_USAGE
+from fleet.cli.context import login_name
+
+from .helpers import Enroll, Run
+
+AUDIT_KEYS = {"id", "at", "action", "outcome", "actor", "device_id", "serial", "reason",
+              "detail"}
+
+
+def test_audit_json_records_operator_actions(fleet: Run, enroll: Enroll) -> None:
+    enroll("dev-1")
+    fleet.ok("device", "revoke", "dev-1", "--reason", "keyCompromise")
+    events = fleet.json("audit")
+    for event in events:
+        assert set(event) == AUDIT_KEYS
+    revoke = [e for e in events if e["action"] == "device.revoke"]
+    assert len(revoke) == 1
+    assert revoke[0]["actor"] == f"operator:{login_name()}"
+    assert revoke[0]["outcome"] == "ok"
+    assert revoke[0]["reason"] == "keyCompromise"
+    assert revoke[0]["device_id"] == "dev-1"
+    assert isinstance(revoke[0]["detail"]["serials"], list)
+    assert revoke[0]["at"].endswith("Z")
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+
+
+def test_audit_records_refusals(fleet: Run, enroll: Enroll) -> None:
+    enroll("dev-1")
+    fleet.ok("device", "revoke", "dev-1", "--reason", "keyCompromise")
+    fleet("device", "revoke", "dev-1", "--reason", "keyCompromise")
+    refused = [e for e in fleet.json("audit", "--action", "device.revoke")
+               if e["outcome"] == "refused"]
+    assert len(refused) == 1
+    assert "already revoked" in refused[0]["reason"]
+
+
+def test_audit_filters(fleet: Run, enroll: Enroll) -> None:
+    enroll("dev-1")
+    enroll("dev-2")
+    only = fleet.json("audit", "--device", "dev-2")
+    assert only
+    assert {e["device_id"] for e in only} == {"dev-2"}
+    assert {e["action"] for e in fleet.json("audit", "--action", "enroll")} == {"enroll"}
+    assert len(fleet.json("audit", "--since", "1h")) == len(fleet.json("audit"))
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert fleet.json("audit", "--since", future) == []
+    assert "enroll" in fleet.ok("audit").stdout
+
+
+def test_audit_refused_bad_since(fleet: Run) -> None:
+    result = fleet("audit", "--since", "yesterday")
+    assert result.exit_code == EXIT_USAGE
+    assert "Invalid value for '--since'" in result.stderr
+
+
+def test_audit_refused_since_without_time_zone(fleet: Run) -> None:
+    result = fleet("audit", "--since", "2024-01-01T00:00:00")
+    assert result.exit_code == EXIT_USAGE
+    assert "no time zone" in result.stderr

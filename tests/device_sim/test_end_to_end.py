@@ -1,0 +1,148 @@
+"""The simulator against real `fleet serve est` and `fleet serve broker` processes.
+
+One pair of services (fresh data dir, `fleet init`, 12-second device certificates) serves the
+module: a 50-device scenario with renewals, two revocations, a broker restart and misbehaving
+devices; then `fleet sim run` itself, and its refusal to run against the wrong lifetime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+
+from device_sim.chart import render_html
+from device_sim.environment import Endpoints
+from device_sim.operator import AuthorityOperator
+from device_sim.report import build_report
+from device_sim.runner import Run
+from device_sim.scenario import Misbehavior, Scenario
+from device_sim.services import LocalServices
+from fleet.authority import Authority
+from fleet.pki import fingerprint_sha256, load_certificate
+from fleet.registry import make_engine
+from fleet.settings import load_settings
+
+PASSPHRASE = "device-sim-end-to-end"  # noqa: S105 - a test value
+LIFETIME = 12
+SERVICE_ENV = {
+    "FLEET_CA_PASSPHRASE": PASSPHRASE,
+    "FLEET_CERTIFICATES_DEVICE_LIFETIME": f"{LIFETIME}s",
+    "FLEET_EST_METRICS_PORT": "0",
+}
+FLEET = [sys.executable, "-c", "from fleet.cli.app import main; main()"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServices]:
+    running = LocalServices(data_dir=tmp_path_factory.mktemp("sim") / "fleet-data",
+                            environ=SERVICE_ENV)
+    asyncio.run(running.start())
+    yield running
+    asyncio.run(running.stop())
+
+
+@pytest.fixture
+def fleet_env(services: LocalServices, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for key, value in SERVICE_ENV.items():
+        monkeypatch.setenv(key, value)
+    return {**os.environ, "FLEET_DATA_DIR": str(services.data_dir)}
+
+
+def endpoints(services: LocalServices) -> Endpoints:
+    root = load_certificate((services.data_dir / "ca" / "root.pem").read_bytes())
+    return Endpoints(est_url=services.est_url, mqtt_host=services.host,
+                     mqtt_port=services.broker_port, pinned_root_sha256=fingerprint_sha256(root))
+
+
+def test_small_fleet_lifecycle(services: LocalServices, fleet_env: dict[str, str]) -> None:
+    settings = load_settings(environ=fleet_env)
+    engine = make_engine(settings.effective_database_url, pool_size=2)
+    scenario = Scenario(devices=50, duration=30, ramp=25, cert_lifetime=LIFETIME,
+                        telemetry_interval=2, command_interval=5, revoke=2, revoke_at=20,
+                        broker_restart_at=12, misbehaving=0.08, seed=7)
+    run = Run(scenario, endpoints=endpoints(services),
+              operator=AuthorityOperator(Authority(settings=settings, engine=engine)),
+              restart_broker=services.restart_broker)
+    try:
+        result = asyncio.run(run.execute())
+    finally:
+        engine.dispose()
+    report = build_report(result)
+
+    assert report["unexpected_errors"] == 0, report["errors"]
+    assert report["ok"], [e for e in report["expectations"] if not e["ok"]]
+    assert report["devices"] == 50
+    assert report["enrolled"] == 49  # the foreign-CA device never enrolls
+    assert report["connected"] == report["well_behaved"] == 46
+    assert report["renewals_ok"] > 0
+    assert report["renewals_failed"] == 0
+    assert report["revoked"] == 2
+    assert report["revocation_latency_ms"]["count"] == 2
+    assert report["revocation_latency_ms"]["p99"] < 1000
+    for revocation in report["revocations"]:
+        assert revocation["reconnect"] != "connected"
+        assert revocation["reenroll"] == "refused"
+    assert report["misbehaving"] == 4
+    assert report["misbehaving_refused"] == 4
+    assert report["misbehaving_admitted"] == 0
+    assert set(report["misbehaving_by_kind"]) == {m.value for m in Misbehavior}
+    assert report["broker_restarts"][0]["fleet_back_after_s"] is not None
+    assert report["messages"]["commands_lost"] == 0
+    assert report["messages_sent"] > 0
+    assert report["messages_received"] > 0
+    assert abs(report["certificate_lifetime_s"] - LIFETIME) < 2
+
+    page = render_html(report)
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in page
+    svgs = [chunk.split("</svg>")[0] + "</svg>" for chunk in page.split("<svg")[1:]]
+    assert len(svgs) == 3
+    for svg in svgs:
+        ElementTree.fromstring("<svg" + svg)  # well-formed
+
+
+def fleet_sim(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FLEET, "sim", "run", "--no-progress", *args], env=env,
+                          capture_output=True, text=True, timeout=100, check=False)
+
+
+def test_fleet_sim_run_writes_reports(services: LocalServices, fleet_env: dict[str, str],
+                                      tmp_path: Path) -> None:
+    json_path, html_path = tmp_path / "report.json", tmp_path / "report.html"
+    done = fleet_sim(fleet_env, "--devices", "8", "--duration", "8s",
+                     "--cert-lifetime", f"{LIFETIME}s", "--revoke", "1",
+                     "--telemetry-interval", "1s", "--command-interval", "2s",
+                     "--est-url", services.est_url, "--mqtt-host", services.host,
+                     "--mqtt-port", str(services.broker_port),
+                     "--json-report", str(json_path), "--html-report", str(html_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(json_path.read_text())
+    for key in ("devices", "enrolled", "connected", "messages_sent", "messages_received",
+                "renewals_ok", "renewals_failed", "revoked", "revocation_latency_ms",
+                "misbehaving_refused", "unexpected_errors"):
+        assert key in report
+    assert report["devices"] == report["enrolled"] == report["connected"] == 8
+    assert report["revoked"] == 1
+    assert set(report["revocation_latency_ms"]) >= {"p50", "p95", "p99"}
+    assert report["unexpected_errors"] == 0
+    assert "<svg" in html_path.read_text()
+    assert "unexpected errors" in done.stdout
+
+
+def test_fleet_sim_run_refused_lifetime_mismatch(services: LocalServices,
+                                                 fleet_env: dict[str, str]) -> None:
+    done = fleet_sim(fleet_env, "--devices", "2", "--duration", "20s", "--cert-lifetime", "1h",
+                     "--est-url", services.est_url, "--mqtt-host", services.host,
+                     "--mqtt-port", str(services.broker_port))
+    assert done.returncode == 1
+    assert "FLEET_CERTIFICATES_DEVICE_LIFETIME=3600s" in done.stdout

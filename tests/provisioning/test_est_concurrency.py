@@ -1,0 +1,94 @@
+"""One-transaction semantics over real TLS: concurrent requests cannot overspend a credential."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import ssl
+import threading
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+from est_support import EST, Enrolled, Est, b64, make_csr
+from sqlmodel import select
+
+from fleet.registry.engine import session as new_session
+from fleet.registry.models import BootstrapToken, Certificate
+
+CLIENTS = 50
+
+
+def _simultaneously(est: Est, requests: list[tuple[str, bytes, dict[str, str],
+                                                   ssl.SSLContext]]) -> Counter[int]:
+    """Open every TLS connection first, then send all requests at once."""
+    barrier = threading.Barrier(len(requests))
+    statuses: list[int] = []
+    errors: list[BaseException] = []
+
+    def client(path: str, body: bytes, headers: dict[str, str],
+               context: ssl.SSLContext) -> None:
+        connection = http.client.HTTPSConnection("localhost", est.port, context=context,
+                                                 timeout=60)
+        try:
+            connection.connect()  # the TLS handshake happens before the barrier
+            barrier.wait(timeout=60)
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+        except BaseException as exc:  # reported below, with the statuses
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=request) for request in requests]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    return Counter(statuses)
+
+
+def _same_request(est: Est, make: Callable[[int], tuple[str, bytes, dict[str, str],
+                                                         ssl.SSLContext]]) -> Counter[int]:
+    return _simultaneously(est, [make(i) for i in range(CLIENTS)])
+
+
+@pytest.mark.slow
+def test_single_use_token_sent_by_50_simultaneous_requests_issues_once(make_est: object,
+                                                                      database_url: str) -> None:
+    est: Est = make_est(database_url,  # type: ignore[operator]
+                        FLEET_EST_AUTH_FAILURES_PER_MINUTE="1000")
+    token = est.token()
+    auth = "Basic " + base64.b64encode(f":{token}".encode()).decode()
+    context = est.context()
+
+    def request(i: int) -> tuple[str, bytes, dict[str, str], ssl.SSLContext]:
+        return (f"{EST}/simpleenroll", b64(make_csr(f"racer-{i}")),
+                {"Content-Type": "application/pkcs10", "Authorization": auth}, context)
+
+    statuses = _same_request(est, request)
+    assert statuses == Counter({200: 1, 401: CLIENTS - 1})
+    with new_session(est.engine) as session:
+        assert len(session.exec(select(Certificate)).all()) == 1
+        assert session.exec(select(BootstrapToken)).one().uses_left == 0
+
+
+@pytest.mark.slow
+def test_one_certificate_renewed_by_50_simultaneous_requests_renews_once(
+        make_est: object, database_url: str) -> None:
+    est: Est = make_est(database_url)  # type: ignore[operator]
+    device: Enrolled = est.device("dev-race")
+    context = est.context(device)
+    body = b64(make_csr("dev-race", device.key))
+
+    def request(_i: int) -> tuple[str, bytes, dict[str, str], ssl.SSLContext]:
+        return (f"{EST}/simplereenroll", body, {"Content-Type": "application/pkcs10"}, context)
+
+    statuses = _same_request(est, request)
+    assert statuses == Counter({200: 1, 403: CLIENTS - 1})
+    with new_session(est.engine) as session:
+        states = Counter(str(c.status) for c in session.exec(select(Certificate)))
+    assert states == Counter({"active": 1, "superseded": 1})
