@@ -36,6 +36,8 @@ from fleet.pki import PrivateKey
 MAX_QUEUED_MESSAGES = 200
 REFUSALS_BEFORE_GIVING_UP = 3
 CLOSES_BEFORE_GIVING_UP = 10
+REVOKED_DROP_WAIT = 10.0
+"""Seconds a revoked device that is still connected waits for the broker to drop it."""
 TRANSIENT_TLS_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 
@@ -168,16 +170,19 @@ class Device:
             credentials.save(store, self.id)
 
     async def reenroll(self, credentials: Credentials, *,
-                       rekey: bool) -> tuple[PrivateKey, x509.Certificate]:
+                       rekey: bool) -> tuple[PrivateKey, x509.Certificate, float]:
         """``simplereenroll`` over TLS authenticated by *credentials* (same subject).
 
         With *rekey* the device asks for a certificate on a fresh key (RFC 7030 "rekey").
+        Returns the key, the certificate and the request's round trip in seconds.
         """
-        key = new_key(self.env.scenario.key_type) if rekey else credentials.key
-        async with self.env.enroll_slots:
-            certificate = await self.env.est.simplereenroll(build_csr(self.id, key),
-                                                            context=credentials.context)
-        return key, certificate
+        env = self.env
+        key = new_key(env.scenario.key_type) if rekey else credentials.key
+        csr = build_csr(self.id, key)
+        async with env.renew_slots:
+            started = env.now()
+            certificate = await env.est.simplereenroll(csr, context=credentials.context)
+        return key, certificate, env.now() - started
 
     def renewal_due(self) -> float:
         """Run time of the next renewal: the configured fraction of the lifetime, jittered."""
@@ -276,6 +281,9 @@ class Device:
         self._closes = 0
         self.spans.append((t, None))
         env.online.add(self.id)
+        closed = self.client.closed
+        assert closed is not None
+        closed.add_done_callback(self._connection_ended)
         env.metrics.event("connects", t)
         if self.first_online_at is None:
             self.first_online_at = t
@@ -288,6 +296,10 @@ class Device:
             self.fail("session-lost", "CONNACK without session present after a reconnect",
                       give_up=False)
         self.client.subscribe(f"devices/{self.id}/commands/#", qos=1)
+
+    def _connection_ended(self, closed: asyncio.Future[Closed]) -> None:
+        if not closed.cancelled():
+            self._offline(closed.result().at - self.env.started)
 
     def _offline(self, t: float) -> None:
         if self.spans and self.spans[-1][1] is None:
@@ -319,7 +331,7 @@ class Device:
             closed = self.client.closed
             assert closed is not None
             assert self.next_renewal is not None
-            wait = None if env.draining else max(0.0, self.next_renewal - env.now())
+            wait = max(0.0, self.next_renewal - env.now())
             await asyncio.wait((closed, env.stop), timeout=wait,
                                return_when=asyncio.FIRST_COMPLETED)
             if env.stopping:
@@ -328,8 +340,6 @@ class Device:
                 if not await self._dropped(closed.result()):
                     return
                 continue
-            if env.draining:
-                continue
             if not await self.renew_certificate() or not await self._switch_connection():
                 return
 
@@ -337,15 +347,15 @@ class Device:
         """The broker connection ended without us asking: find out why, then come back."""
         env = self.env
         t = closed.at - env.started
-        self._offline(t)
         if self.revoked_at is not None:
-            self.revocation["drop_ms"] = round((t - self.revoked_at) * 1000, 1)
-            env.metrics.sample("revocation_latency", t, (t - self.revoked_at) * 1000)
-            attempt = await self.attempt(self.credentials.context) if self.credentials else None
-            await self._revoked(reconnect=attempt)
+            self._revocation_drop(t)
+            await self._revoked()
             return False
         if env.in_restart_window(t):
             env.metrics.count("drops_broker_restart")
+        elif self.credentials is not None and t >= self.credentials.expires_at - 1:
+            self.fail("certificate-expired", "dropped by the broker when the certificate "
+                      "expired before it could be renewed", give_up=False)
         else:
             self.fail("unexpected-disconnect", f"{closed.reason} {closed.error or ''}".strip(),
                       give_up=False)
@@ -359,9 +369,8 @@ class Device:
         phase, self.phase = self.phase, Phase.RENEWING
         refused_once = False
         while not env.stopping:
-            started = env.now()
             try:
-                key, certificate = await self.reenroll(current, rekey=env.scenario.rekey)
+                key, certificate, took = await self.reenroll(current, rekey=env.scenario.rekey)
                 break
             except ESTUnavailable as exc:
                 env.metrics.count("renewal_retries")
@@ -389,7 +398,7 @@ class Device:
             return False
         t = env.now()
         self.est_backoff.reset()
-        env.metrics.sample("renewal_latency", t, (t - started) * 1000)
+        env.metrics.sample("renewal_latency", t, took * 1000)
         env.metrics.event("renewals_ok", t)
         self._take(Credentials.issued(key, certificate, anchors=self.anchors, received_at=t))
         self.phase = phase
@@ -404,11 +413,9 @@ class Device:
             done, _ = await asyncio.wait((closed,), timeout=env.scenario.connect_timeout)
             if not done:
                 self.client.abort()
-            ended = closed.result()
-            if not ended.requested and self.revoked_at is not None:
-                return await self._dropped(ended)
+        if closed is not None and not closed.result().requested:
+            return await self._dropped(closed.result())  # the broker dropped it meanwhile
         started = env.now()
-        self._offline(started)
         if not await self.connect():
             return False
         env.metrics.sample("renewal_reconnect", env.now(), (env.now() - started) * 1000)
@@ -420,12 +427,29 @@ class Device:
         """The operator revokes this device at run time *t* (the device itself cannot tell)."""
         self.revoked_at = t
 
+    def _revocation_drop(self, t: float) -> None:
+        assert self.revoked_at is not None
+        if "drop_ms" not in self.revocation:
+            self.revocation["drop_ms"] = round((t - self.revoked_at) * 1000, 1)
+            self.env.metrics.sample("revocation_latency", t, (t - self.revoked_at) * 1000)
+
     async def _revoked(self, *, reconnect: Attempt | None = None,
                        reenroll: BaseException | None = None) -> None:
-        """After the revocation: a reconnect and a re-enrollment must both be refused."""
+        """After the revocation: the broker drops the device, and a reconnect and a
+        re-enrollment are both refused."""
         env = self.env
         self.phase = Phase.REVOKED
         self._stop_telemetry()
+        closed = self.client.closed
+        if closed is not None and "drop_ms" not in self.revocation:
+            # Found out another way (a refused renewal): the broker must still drop it.
+            if self.client.is_open:
+                await asyncio.wait((closed,), timeout=REVOKED_DROP_WAIT)
+            if closed.done() and not closed.result().requested:
+                self._revocation_drop(closed.result().at - env.started)
+            elif not closed.done():
+                self.revocation["still_connected_after_s"] = REVOKED_DROP_WAIT
+                self.client.abort()
         if reconnect is None and self.credentials is not None:
             reconnect = await self.attempt(self.credentials.context)
         if reconnect is not None:

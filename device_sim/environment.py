@@ -58,6 +58,7 @@ class Environment:
     rng: random.Random
     started: float
     enroll_slots: asyncio.Semaphore = field(init=False)
+    renew_slots: asyncio.Semaphore = field(init=False)
     connect_slots: asyncio.Semaphore = field(init=False)
     stop: asyncio.Future[None] = field(init=False)
     draining: bool = False
@@ -73,7 +74,9 @@ class Environment:
     _provisional: ssl.SSLContext = field(default_factory=provisional_context)
 
     def __post_init__(self) -> None:
+        # Renewals do not queue behind the factory's first enrollments: separate slots.
         self.enroll_slots = asyncio.Semaphore(self.scenario.enroll_concurrency)
+        self.renew_slots = asyncio.Semaphore(self.scenario.enroll_concurrency)
         self.connect_slots = asyncio.Semaphore(self.scenario.connect_concurrency)
         self.stop = asyncio.get_running_loop().create_future()
 

@@ -276,13 +276,17 @@ class Run:
             return
         self.phase = "revoking"
         now = env.now()
-        candidates = [d for d in devices
-                      if d.id in env.well_behaved and d.phase is Phase.ONLINE
-                      and d.next_renewal is not None and d.next_renewal > now + RENEWAL_SAFETY]
-        if len(candidates) < s.revoke:
-            self.notes.append(f"only {len(candidates)} devices were online and not about to "
-                              f"renew at t={now:.1f} s; revoked those")
-        for device in self.rng.sample(candidates, min(s.revoke, len(candidates))):
+        online = [d for d in devices if d.id in env.well_behaved and d.phase is Phase.ONLINE]
+        # Prefer devices that will not be renewing when the broker drops them.
+        calm = [d for d in online if (d.next_renewal or 0) > now + RENEWAL_SAFETY]
+        chosen = self.rng.sample(calm, min(s.revoke, len(calm)))
+        busy = sorted((d for d in online if d not in chosen),
+                      key=lambda d: d.next_renewal or 0, reverse=True)
+        chosen.extend(busy[:s.revoke - len(chosen)])
+        if len(chosen) < s.revoke:
+            self.notes.append(f"only {len(chosen)} devices were online at t={now:.1f} s; "
+                              "revoked those")
+        for device in chosen:
             if backend is not None:
                 backend.forget(device.id)
             at = env.now()

@@ -143,13 +143,23 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
     """Serve until SIGINT or SIGTERM; prints one line when ready to accept connections."""
     if workers < 1:
         raise ConfigError("est.workers", workers, "must be at least 1")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     if workers == 1:
         _run(_serve_here(settings, host=host, port=port))
         return
     _serve_workers(settings, host=host, port=port, workers=workers)
+
+
+def _configure_logging() -> None:
+    """INFO to stderr unless logging is configured already.
+
+    The service logs every issuance and refusal itself; aiohttp's per-request access log adds
+    nothing security-relevant and costs CPU on every connection, so it stays quiet.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s "
+                                                       "%(name)s[%(process)d]: %(message)s")
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -257,10 +267,7 @@ def _await_ready(process: multiprocessing.process.BaseProcess, receiver: Connect
 
 def _worker(settings: Settings, host: str, port: int, ready: Connection) -> None:
     """One worker process: serve on the shared port, report readiness to the parent."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s[%(process)d]: "
-                                   "%(message)s")
+    _configure_logging()
     started = False
 
     def report(_port: int) -> None:

@@ -245,7 +245,7 @@ def test_unreadable_or_corrupt_issuing_key_is_a_ca_error(
 ) -> None:
     settings, _ = initialized
     damage(Paths.of(settings).issuing_key)  # type: ignore[operator]
-    with pytest.raises(CAError, match="issuing.key"):
+    with pytest.raises(CAError, match=r"issuing\.key"):
         load_ca(settings)
 
 
@@ -258,14 +258,14 @@ def test_corrupt_issuing_certificate_is_a_ca_error(
 ) -> None:
     settings, _ = initialized
     damage(Paths.of(settings).issuing)  # type: ignore[operator]
-    with pytest.raises(CAError, match="issuing.pem"):
+    with pytest.raises(CAError, match=r"issuing\.pem"):
         load_ca(settings)
 
 
 def test_corrupt_root_certificate_is_a_ca_error(initialized: tuple[Settings, CA]) -> None:
     settings, _ = initialized
     Paths.of(settings).root.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n")
-    with pytest.raises(CAError, match="root.pem"):
+    with pytest.raises(CAError, match=r"root\.pem"):
         load_ca(settings)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from amqtt.adapters import ReaderAdapter, StreamWriterAdapter
+from cryptography import x509
 
 from fleet.acl import NOTHING, Grants
 from fleet.pki import Identity
@@ -29,17 +30,18 @@ class Connection:
     """A TLS connection whose peer certificate was verified in the handshake."""
 
     __slots__ = (
-        "_keep_alive", "_receive", "client_id", "closing_reason", "dropped", "finished", "grants",
-        "identity", "last_rx", "loop", "outstanding", "peer", "serial", "session",
-        "suppress_will", "transport", "unflushed",
+        "_keep_alive", "_receive", "certificate", "client_id", "closing_reason", "dropped",
+        "finished", "grants", "identity", "last_rx", "loop", "outstanding", "peer", "serial",
+        "session", "suppress_will", "transport", "unflushed",
     )
 
-    def __init__(self, *, transport: asyncio.WriteTransport, identity: Identity | None,
-                 serial: str, peer: str) -> None:
+    def __init__(self, *, transport: asyncio.WriteTransport, certificate: x509.Certificate,
+                 identity: Identity | None, peer: str) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport = transport
+        self.certificate = certificate
         self.identity = identity
-        self.serial = serial
+        self.serial = format(certificate.serial_number, "x")
         self.peer = peer
         self.client_id: str | None = None
         self.grants: Grants = NOTHING

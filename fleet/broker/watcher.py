@@ -6,6 +6,11 @@ only a device (device revoked or suspended) drops every connection of that devic
 dropped identity's will is not published, and once its connections are gone its stored
 sessions are purged so that nothing is resumed later. Reconnects are refused by the gate,
 which asks the registry on every CONNECT; a resumed device is admitted again.
+
+Revocation is final, so its connections are dropped at once. A suspension can be lifted
+before the watcher sees it, and a connection admitted after the resume must survive the late
+event: each connection of a suspended device is asked about again (as at CONNECT) and dropped
+unless the registry admits it now; an unreachable registry drops it too.
 """
 
 from __future__ import annotations
@@ -81,19 +86,37 @@ class RevocationWatcher:
             owned = lambda c: c.identity == identity  # noqa: E731
         else:
             return
-        for connection in targets:
-            connection.abort(reason, suppress_will=True)
-            self._audit.disconnected(
-                "broker.disconnect", reason=reason, serial=connection.serial,
-                device_id=event.device_id, detail={"peer": connection.peer,
-                                                   "client_id": connection.client_id})
-        task = asyncio.create_task(self._purge(targets, owned))
+        if event.kind == "revoked":
+            for connection in targets:
+                self._drop(connection, reason, event.device_id)
+        task = asyncio.create_task(self._purge(targets, owned, reason, event))
         self._purges.add(task)
         task.add_done_callback(self._purges.discard)
 
-    async def _purge(self, targets: list[Connection],
-                     owned: Callable[[Connection], bool]) -> None:
-        """Purge the stored sessions last bound by a dropped identity, once it is gone."""
+    def _drop(self, connection: Connection, reason: str, device_id: str | None) -> None:
+        connection.abort(reason, suppress_will=True)
+        self._audit.disconnected(
+            "broker.disconnect", reason=reason, serial=connection.serial, device_id=device_id,
+            detail={"peer": connection.peer, "client_id": connection.client_id})
+
+    async def _still_admitted(self, connection: Connection) -> bool:
+        try:
+            await self._backend.admit(connection.certificate)
+        except FleetError:
+            return False
+        return True
+
+    async def _purge(self, targets: list[Connection], owned: Callable[[Connection], bool],
+                     reason: str, event: RevocationEvent) -> None:
+        """Drop what a suspension still applies to, then purge the dropped identity's stored
+        sessions once its connections are gone."""
+        if event.kind != "revoked":
+            verdicts = await asyncio.gather(*(self._still_admitted(c) for c in targets))
+            targets = [c for c, ok in zip(targets, verdicts, strict=True) if not ok]
+            if not targets and verdicts:
+                return  # resumed before we looked: nothing to drop or purge
+            for connection in targets:
+                self._drop(connection, reason, event.device_id)
         if targets:
             await asyncio.wait({c.finished for c in targets}, timeout=_FINISH_WAIT)
         for client_id, (session, _) in list(self._broker.sessions.items()):

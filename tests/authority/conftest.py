@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.x509.oid import NameOID
+from pki.x509_factory import AnyKey, device_csr, new_key
 from sqlalchemy import text
 from sqlmodel import Session
 
@@ -18,7 +20,6 @@ from fleet.registry import AuditEvent, BootstrapToken, Certificate, Device, utcn
 from fleet.registry import certificates as certs_db
 from fleet.registry import events as events_db
 from fleet.registry import tokens as tokens_db
-from pki.x509_factory import AnyKey, device_csr, new_key
 
 STATE_TABLES = ("devices", "certificates", "bootstrap_tokens", "revocation_events", "crl_state")
 
@@ -67,7 +68,7 @@ class Fleet:
 
     def reenroll(self, cert: x509.Certificate, *, csr: bytes | None = None,
                  key: AnyKey | None = None) -> Issued:
-        device_id = str(cert.subject.rfc4514_string()).split("CN=")[1].split(",")[0]
+        device_id = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
         return self.authority.reenroll(
             client_certificate=cert, csr=csr if csr is not None else self.csr(device_id, key),
             actor="est")

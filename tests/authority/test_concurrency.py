@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -9,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from cryptography import x509
+from pki.x509_factory import new_key
 
 from fleet.errors import (
     CertificateNotActiveError,
@@ -17,7 +19,6 @@ from fleet.errors import (
     TokenError,
 )
 from fleet.registry import CertificateStatus, DeviceStatus
-from pki.x509_factory import new_key
 
 from .conftest import Fleet
 
@@ -43,7 +44,7 @@ def race(calls: Sequence[Callable[[], T]]) -> tuple[list[T], list[FleetError]]:
 
 def enroll_calls(fleet: Fleet, token: str, device_ids: Sequence[str]) -> list[Callable[[], object]]:
     csrs = [fleet.csr(device_id, new_key()) for device_id in device_ids]  # made before the race
-    return [lambda d=device_id, c=csr: fleet.enroll(d, token, csr=c)
+    return [functools.partial(fleet.enroll, device_id, token, csr=csr)
             for device_id, csr in zip(device_ids, csrs, strict=True)]
 
 
@@ -90,7 +91,7 @@ def test_multi_use_group_token_raced_by_50_enrollments_of_one_new_device(fleet: 
 def test_certificate_raced_by_20_reenrollments(fleet: Fleet) -> None:
     old = fleet.enroll("dev-1").certificate
     csrs = [fleet.csr("dev-1", new_key()) for _ in range(20)]
-    calls = [lambda c=csr: fleet.reenroll(old, csr=c) for csr in csrs]
+    calls = [functools.partial(fleet.reenroll, old, csr=csr) for csr in csrs]
     wins, refusals = race(calls)
     assert len(wins) == 1
     assert all(isinstance(e, CertificateNotActiveError) for e in refusals), \
@@ -110,7 +111,8 @@ def test_certificate_raced_by_20_reenrollments(fleet: Fleet) -> None:
 def test_revocation_racing_reenrollment_leaves_nothing_usable(fleet: Fleet) -> None:
     old = fleet.enroll("dev-1").certificate
     csrs = [fleet.csr("dev-1", new_key()) for _ in range(10)]
-    calls: list[Callable[[], object]] = [lambda c=csr: fleet.reenroll(old, csr=c) for csr in csrs]
+    calls: list[Callable[[], object]] = [functools.partial(fleet.reenroll, old, csr=csr)
+                                         for csr in csrs]
     calls.append(lambda: fleet.authority.revoke_device(device_id="dev-1",
                                                        reason="keyCompromise", actor="ops"))
     race(calls)

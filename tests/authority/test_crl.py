@@ -70,6 +70,8 @@ def test_crl_is_refreshed_before_next_update(fleet: Fleet) -> None:
     fleet.clock.advance(seconds=fleet.authority.settings.crl_next_update.total_seconds() / 2)
     refreshed = fleet.authority.current_crl()
     assert number(refreshed) > number(first)
+    assert refreshed.next_update_utc is not None
+    assert first.next_update_utc is not None
     assert refreshed.next_update_utc > first.next_update_utc
 
 

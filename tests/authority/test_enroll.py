@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pki.x509_factory import cached_key, der, make_csr, spiffe
 
 from fleet import pki
 from fleet.authority import Authority, TokenCredential
@@ -23,7 +25,6 @@ from fleet.errors import (
 )
 from fleet.pki import Identity
 from fleet.registry import CertificateStatus, DeviceStatus
-from pki.x509_factory import cached_key, der, make_csr, spiffe
 
 from .conftest import Fleet
 
@@ -307,7 +308,7 @@ def test_enroll_refused_token_bound_to_a_device_in_another_group_label(fleet: Fl
 
 def test_refusals_never_leak_the_secret_into_the_audit_log(fleet: Fleet) -> None:
     token = fleet.token(device_id="dev-1")
-    attempts = [
+    attempts: list[Callable[[], object]] = [
         lambda: fleet.enroll("dev-2", token),
         lambda: fleet.enroll("dev-1", token, username="dev-9"),
         lambda: fleet.enroll("dev-1", token, group="other"),

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from pki.x509_factory import cached_key, make_ca
 
 from fleet.errors import (
     CertificateNotActiveError,
@@ -21,7 +22,6 @@ from fleet.errors import (
 )
 from fleet.pki import Identity
 from fleet.registry import CertificateStatus, DeviceStatus
-from pki.x509_factory import cached_key, make_ca
 
 from .conftest import Fleet
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pki.x509_factory import cached_key, der, make_ca, make_csr, new_key, spiffe, subject
 
 from fleet import pki
 from fleet.errors import (
@@ -21,7 +22,6 @@ from fleet.errors import (
 )
 from fleet.pki import Identity
 from fleet.registry import CertificateStatus, DeviceStatus
-from pki.x509_factory import cached_key, der, make_ca, make_csr, new_key, spiffe, subject
 
 from .conftest import Fleet
 

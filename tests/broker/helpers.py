@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy.engine import Engine
 
@@ -116,11 +117,11 @@ class Client:
         name = credentials.name if credentials else "anonymous"
         self.client_id = name if client_id is None else client_id
         self.port = port
-        self.paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+        self.paho = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                 clean_session=clean_session, protocol=mqtt.MQTTv311,
                                 reconnect_on_failure=False)
-        context = ssl.create_default_context(cafile=str(ca or credentials.ca)) \
-            if (ca or credentials) else ssl.create_default_context()
+        trusted = ca or (credentials.ca if credentials is not None else None)
+        context = ssl.create_default_context(cafile=str(trusted) if trusted else None)
         if credentials is not None:
             context.load_cert_chain(str(credentials.cert), str(credentials.key))
         self.paho.tls_set_context(context)

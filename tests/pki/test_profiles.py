@@ -20,7 +20,8 @@ CA = make_ca(now=NOW)
 LIFETIME = timedelta(days=30)
 
 
-def ext(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extension[x509.ExtensionType]:
+def ext(cert: x509.Certificate,
+        kind: type[x509.ExtensionType]) -> x509.Extension[x509.ExtensionType]:
     return cert.extensions.get_extension_for_class(kind)
 
 
@@ -67,7 +68,7 @@ def test_device_basic_constraints_ca_false_and_critical() -> None:
 def test_device_has_subject_and_authority_key_identifiers() -> None:
     cert = device_cert()
     ski = ext(cert, x509.SubjectKeyIdentifier).value
-    assert ski == x509.SubjectKeyIdentifier.from_public_key(cert.public_key())  # type: ignore[arg-type]
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(cert.public_key())
     aki = ext(cert, x509.AuthorityKeyIdentifier).value
     assert isinstance(aki, x509.AuthorityKeyIdentifier)
     issuing_ski = ext(CA.issuing, x509.SubjectKeyIdentifier).value
@@ -190,7 +191,7 @@ def test_ca_profile(path_length: int) -> None:
         ca=True, path_length=path_length)
     ku = ext(cert, x509.KeyUsage).value
     assert isinstance(ku, x509.KeyUsage)
-    assert ku.key_cert_sign and ku.crl_sign and not ku.digital_signature
+    assert (ku.key_cert_sign, ku.crl_sign, ku.digital_signature) == (True, True, False)
 
 
 def test_root_is_self_signed_with_matching_key_identifiers() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -23,7 +23,7 @@ AnyKey = CertificateIssuerPrivateKeyTypes
 @functools.cache
 def cached_key(kind: str) -> AnyKey:
     """One key per kind and test process: RSA and DSA generation is slow."""
-    makers = {
+    makers: dict[str, Callable[[], AnyKey]] = {
         "p256": lambda: ec.generate_private_key(ec.SECP256R1()),
         "p384": lambda: ec.generate_private_key(ec.SECP384R1()),
         "p521": lambda: ec.generate_private_key(ec.SECP521R1()),
@@ -36,7 +36,7 @@ def cached_key(kind: str) -> AnyKey:
         "rsa3072": lambda: rsa.generate_private_key(public_exponent=65537, key_size=3072),
         "dsa2048": lambda: dsa.generate_private_key(key_size=2048),
     }
-    return makers[kind]()  # type: ignore[no-any-return]
+    return makers[kind]()
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -49,7 +49,7 @@ def csr_hash(key: AnyKey) -> hashes.SHA256 | None:
         else hashes.SHA256()
 
 
-def subject(common_name: str | None, *extra: x509.NameAttribute) -> x509.Name:
+def subject(common_name: str | None, *extra: x509.NameAttribute[str]) -> x509.Name:
     attributes = list(extra)
     if common_name is not None:
         attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))

@@ -92,3 +92,26 @@ def test_one_certificate_renewed_by_50_simultaneous_requests_renews_once(
     with new_session(est.engine) as session:
         states = Counter(str(c.status) for c in session.exec(select(Certificate)))
     assert states == Counter({"active": 1, "superseded": 1})
+
+
+@pytest.mark.slow
+def test_first_enrollments_of_one_device_with_many_tokens_issue_once(
+        make_est: object, database_url: str) -> None:
+    est: Est = make_est(database_url)  # type: ignore[operator]
+    clients = 20
+    tokens = [est.token() for _ in range(clients)]
+    context = est.context()
+
+    def request(i: int) -> tuple[str, bytes, dict[str, str], ssl.SSLContext]:
+        auth = "Basic " + base64.b64encode(f"dev-twin:{tokens[i]}".encode()).decode()
+        return (f"{EST}/simpleenroll", b64(make_csr("dev-twin")),
+                {"Content-Type": "application/pkcs10", "Authorization": auth}, context)
+
+    statuses = _simultaneously(est, [request(i) for i in range(clients)])
+    assert statuses[200] == 1
+    assert set(statuses) <= {200, 403, 409}  # already registered, or lost the race: no 500
+    with new_session(est.engine) as session:
+        assert len(session.exec(select(Certificate)).all()) == 1
+        spent = [t.uses_left for t in session.exec(select(BootstrapToken))]
+    assert sorted(spent) == [0] + [1] * (clients - 1)
+    assert len(est.refusals("enroll")) == clients - 1

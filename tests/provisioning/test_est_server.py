@@ -133,11 +133,13 @@ class Served:
 
 
 @pytest.mark.slow
-def test_serve_one_worker_prints_ready_line_and_stops_on_sigterm(est: Est) -> None:
+def test_serve_one_worker_enrolls_renews_and_stops_on_sigterm(est: Est) -> None:
     served = Served(est.settings.data_dir, workers=1)
     try:
-        est_on_port = dataclasses.replace(est, port=served.port)
-        assert est_on_port.enroll(make_csr("dev-s1"), est.token()).status == 200
+        client = dataclasses.replace(est, port=served.port)
+        assert client.enroll(make_csr("dev-s1"), est.token()).status == 200
+        device = est.device("dev-s2")  # renewal reads the client certificate from the TLS layer
+        assert client.reenroll(make_csr("dev-s2", device.key), device).status == 200
     finally:
         assert served.stop() == 0
 
