@@ -9,7 +9,8 @@ import typer
 
 from fleet.cli import params
 from fleet.cli.context import fleet_of
-from fleet.cli.output import emit_json, iso, table
+from fleet.cli.output import emit_json, iso, say, table
+from fleet.errors import ConflictError
 from fleet.registry import AuditEvent, utcnow
 from fleet.registry import events as events_db
 
@@ -22,6 +23,11 @@ def event_json(row: AuditEvent) -> dict[str, Any]:
     }
 
 
+app = typer.Typer(help="Show and verify the audit log.", no_args_is_help=False,
+                  rich_markup_mode=None, pretty_exceptions_show_locals=False)
+
+
+@app.callback(invoke_without_command=True)
 def audit(
     ctx: typer.Context,
     since: Annotated[str | None, typer.Option(
@@ -32,7 +38,9 @@ def audit(
         "--action", help="Only this action, e.g. enroll, device.revoke, connect.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show audit events, oldest first."""
+    """Show audit events, oldest first (``fleet audit verify`` checks the hash chain)."""
+    if ctx.invoked_subcommand is not None:
+        return
     start = params.since(since, now=utcnow())
     with fleet_of(ctx).session() as session:
         objects = [event_json(row) for row in events_db.list_audit(
@@ -43,3 +51,19 @@ def audit(
     table("Audit events", ("at", "action", "outcome", "actor", "device", "serial", "reason"), (
         (o["at"], o["action"], o["outcome"], o["actor"], o["device_id"], o["serial"],
          o["reason"]) for o in objects), wide=("reason",))
+
+
+@app.command("verify")
+def verify(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check that no audit event was changed, removed or inserted (SHA-256 hash chain)."""
+    with fleet_of(ctx).session() as session:
+        checked, problem = events_db.verify_audit_chain(session=session)
+    if as_json:
+        emit_json({"events": checked, "ok": problem is None, "problem": problem})
+    if problem is not None:
+        raise ConflictError(f"audit log is not intact after {checked} good events: {problem}")
+    if not as_json:
+        say(f"audit log intact: {checked} events, hash chain verified")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import overload
 
@@ -29,9 +30,64 @@ def record_audit(
         device_id=_fit(device_id, 64), serial=_fit(serial, 40), reason=_fit(reason, 512),
         detail=json.dumps(dict(detail), sort_keys=True, default=str) if detail else None,
     )
+    event.digest = audit_digest(_chain_head(session), event)
     session.add(event)
     session.flush()
     return event
+
+
+AUDIT_GENESIS = "0" * 64
+_AUDIT_LOCK_KEY = 0x466C656574417564  # pg_advisory_xact_lock key of the audit chain
+
+
+def audit_digest(previous: str, event: AuditEvent) -> str:
+    """SHA-256 over the previous event's digest and this event's content: a hash chain."""
+    content = json.dumps(
+        [previous, event.at.isoformat(), event.action, event.outcome, event.actor,
+         event.device_id, event.serial, event.reason, event.detail],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def _chain_head(session: Session) -> str:
+    """The newest digest, with the chain held until commit so appends stay in a line.
+
+    SQLite write transactions are already serial (BEGIN IMMEDIATE); PostgreSQL takes a
+    transaction-scoped advisory lock, acquired here, at the last step of an operation.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({_AUDIT_LOCK_KEY})")
+    statement = select(AuditEvent.digest).order_by(col(AuditEvent.id).desc()).limit(1)
+    return session.exec(statement).first() or AUDIT_GENESIS
+
+
+def verify_audit_chain(*, session: Session, batch: int = 5000) -> tuple[int, str | None]:
+    """Walk the audit log in order; return (events checked, first problem or None)."""
+    previous = AUDIT_GENESIS
+    checked = 0
+    for event in _all_events(session, batch):
+        if event.digest != audit_digest(previous, event):
+            return checked, (
+                f"audit event {event.id} ({event.action} at {event.at.isoformat()}) does not "
+                "match the chain: it, or an event before it, was changed, removed or inserted"
+            )
+        previous = event.digest
+        checked += 1
+    return checked, None
+
+
+def _all_events(session: Session, batch: int) -> Iterator[AuditEvent]:
+    last_id = 0
+    while True:
+        rows = session.exec(
+            select(AuditEvent).where(col(AuditEvent.id) > last_id)
+            .order_by(col(AuditEvent.id)).limit(batch)
+        ).all()
+        if not rows:
+            return
+        yield from rows
+        last_id = rows[-1].id or last_id
 
 
 @overload

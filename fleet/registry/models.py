@@ -123,6 +123,7 @@ class AuditEvent(SQLModel, table=True):
     serial: str | None = Field(default=None, max_length=40)
     reason: str | None = Field(default=None, sa_column=Column(String(512)))
     detail: str | None = Field(default=None, sa_column=Column(Text))
+    digest: str | None = Field(default=None, max_length=64)  # hash chain, see events.py
 
 
 class CRLState(SQLModel, table=True):

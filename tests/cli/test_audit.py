@@ -61,3 +61,39 @@ def test_audit_refused_since_without_time_zone(fleet: Run) -> None:
     result = fleet("audit", "--since", "2024-01-01T00:00:00")
     assert result.exit_code == EXIT_USAGE
     assert "no time zone" in result.stderr
+
+
+def test_audit_verify_intact_chain(fleet: Run, enroll: Enroll) -> None:
+    enroll("dev-1")
+    fleet.ok("device", "revoke", "dev-1", "--reason", "keyCompromise")
+    report = fleet.json("audit", "verify")
+    assert report["ok"] is True
+    assert report["events"] == len(fleet.json("audit"))
+    assert "hash chain verified" in fleet.ok("audit", "verify").stdout
+
+
+def test_audit_verify_refused_tampered_event(fleet: Run, enroll: Enroll) -> None:
+    import sqlite3
+
+    enroll("dev-1")
+    enroll("dev-2")
+    events = fleet.json("audit")
+    with sqlite3.connect(fleet.data_dir / "fleet.db") as db:
+        db.execute("UPDATE audit_events SET outcome = 'refused' WHERE id = ?", (events[1]["id"],))
+    result = fleet("audit", "verify")
+    assert result.exit_code == 1
+    assert f"audit event {events[1]['id']} " in result.stderr
+    assert "after 1 good events" in result.stderr
+
+
+def test_audit_verify_refused_deleted_event(fleet: Run, enroll: Enroll) -> None:
+    import sqlite3
+
+    enroll("dev-1")
+    enroll("dev-2")
+    events = fleet.json("audit")
+    with sqlite3.connect(fleet.data_dir / "fleet.db") as db:
+        db.execute("DELETE FROM audit_events WHERE id = ?", (events[0]["id"],))
+    result = fleet("audit", "verify")
+    assert result.exit_code == 1
+    assert "was changed, removed or inserted" in result.stderr
