@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import pstats
@@ -451,10 +452,8 @@ async def measure_messages(broker: Broker, fixture: Fixture, *, qos: int, total:
     share = total // PUBLISHERS
     await asyncio.gather(*(produce(c, f"devices/{d.name}/telemetry", share)
                            for c, d in zip(publishers, fixture.devices, strict=False)))
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), 30)
-    except TimeoutError:
-        pass
     used = broker.cpu() - cpu
     consumer.cancel()
     delivered = f"{received}/{total}"
@@ -561,7 +560,8 @@ def reactivate(fixture: Fixture, count: int) -> None:
     """Undo the revocations so the next broker starts from the same fleet."""
     from sqlmodel import col, update
 
-    from fleet.registry.models import Certificate, Device as DeviceRow
+    from fleet.registry.models import Certificate
+    from fleet.registry.models import Device as DeviceRow
 
     names = [d.name for d in fixture.devices[:count]]
     with fixture.authority.transaction() as session:

@@ -49,7 +49,7 @@ def test_missing_credentials_do_not_count_as_failed_authentications(make_est: ob
     assert est.enroll(make_csr("dev-c"), est.token()).status == 200
 
 
-def test_requests_over_the_concurrency_bound_are_shed_503(make_est: object) -> None:
+def test_refused_over_the_concurrency_bound_503(make_est: object) -> None:
     est: Est = make_est(FLEET_EST_MAX_CONCURRENT_REQUESTS="1")  # type: ignore[operator]
     context = ssl.create_default_context(cafile=str(est.ca_file))
     auth = base64.b64encode(f":{est.token()}".encode()).decode()
@@ -70,7 +70,7 @@ def test_requests_over_the_concurrency_bound_are_shed_503(make_est: object) -> N
     assert est.get(f"{EST}/cacerts").status == 200
 
 
-def test_registry_unavailable_503_with_retry_after(make_est: object) -> None:
+def test_refused_registry_unavailable_503_with_retry_after(make_est: object) -> None:
     working: Est = make_est()  # type: ignore[operator]
     device = working.device("dev-db")
     token = working.token()
