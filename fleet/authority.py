@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, update
+from sqlmodel import Session
 
 from fleet import pki
 from fleet.ca import CA, load_ca
@@ -258,7 +258,7 @@ class Authority:
             tokens_db.revoke_tokens(session=session, token_ids=[token_id], now=now)
             self.audit(session, action="token.revoke", outcome="ok", actor=actor,
                        device_id=row.device_id, detail={"token_id": token_id})
-            session.refresh(row)
+            row.revoked_at = now
         return row
 
     # -- enrollment (RFC 7030 simpleenroll / simplereenroll) --------------------------------
@@ -304,6 +304,7 @@ class Authority:
                     raise _already_registered(device.id)
             if not tokens_db.consume_token_use(session=session, token_id=token.id, now=now):
                 raise TokenError("bootstrap token already used", token_id=token.id)
+            superseded: list[str] = []
             if device is None:
                 try:  # another enrollment of the same new device may have committed meanwhile
                     with session.begin_nested():
@@ -312,10 +313,10 @@ class Authority:
                                                           status=DeviceStatus.ACTIVE, now=now)
                 except IntegrityError as exc:
                     raise _already_registered(ident.name) from exc
-            else:
+            else:  # re-provisioning with a token bound to this device
                 devices_db.set_device_status(session=session, device=device,
                                              status=DeviceStatus.ACTIVE, reason=None, now=now)
-            superseded = certs_db.supersede_active(session=session, device_id=device.id)
+                superseded = certs_db.supersede_active(session=session, device_id=device.id)
             cert = self._sign(ident, request.csr.public_key(),
                               self.settings.device_lifetime, now)
             row = self._record(session, cert, ident, now)
@@ -370,14 +371,7 @@ class Authority:
                     "CSR subject and subjectAltName must be identical to the certificate being "
                     f"renewed (CN={identity.name})", device_id=identity.name, serial=serial)
             # Only one renewal can win per certificate, even under concurrent requests.
-            won = session.exec(
-                update(Certificate)
-                .where(col(Certificate.serial) == serial,
-                       col(Certificate.status) == CertificateStatus.ACTIVE)
-                .values(status=CertificateStatus.SUPERSEDED)
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            if won != 1:
+            if not certs_db.supersede_if_active(session=session, serial=serial):
                 raise CertificateNotActiveError(f"certificate {serial} was already renewed",
                                                 serial=serial, device_id=identity.name)
             cert = self._sign(identity, request.csr.public_key(),
@@ -477,7 +471,8 @@ class Authority:
                                         device_id=record.device_id)
             self.audit(session, action="cert.revoke", outcome="ok", actor=actor,
                        device_id=record.device_id, serial=serial, reason=reason)
-            session.refresh(record)
+            record.status, record.revoked_at, record.revocation_reason = (
+                CertificateStatus.REVOKED, now, reason)
         self._crl_cache = None
         return record
 

@@ -5,18 +5,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from sqlalchemy import bindparam, insert
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select, update
 
+from fleet.registry.engine import execute
 from fleet.registry.models import Certificate, CertificateStatus
+
+_TABLE = Certificate.__table__  # type: ignore[attr-defined]
+_SELECT = sa_select(_TABLE).where(_TABLE.c.serial == bindparam("serial"))
+_INSERT = insert(_TABLE)
 
 
 def get_certificate(*, session: Session, serial: str) -> Certificate | None:
-    return session.get(Certificate, serial)
+    """The certificate row (detached)."""
+    row = execute(session, _SELECT, serial=serial).mappings().first()
+    return Certificate(**row) if row else None
 
 
 def add_certificate(*, session: Session, certificate: Certificate) -> Certificate:
-    session.add(certificate)
-    session.flush()
+    execute(session, _INSERT, **certificate.model_dump())
     return certificate
 
 
@@ -40,21 +48,38 @@ def list_certificates(
     return session.exec(statement).all()
 
 
+_ACTIVE_OF_DEVICE = sa_select(_TABLE.c.serial).where(
+    _TABLE.c.device_id == bindparam("device_id"),
+    _TABLE.c.status == CertificateStatus.ACTIVE.value,
+)
+_SUPERSEDE_SERIALS = (
+    update(_TABLE)
+    .where(_TABLE.c.serial.in_(bindparam("serials", expanding=True)),
+           _TABLE.c.status == CertificateStatus.ACTIVE.value)
+    .values(status=CertificateStatus.SUPERSEDED.value)
+)
+_SUPERSEDE_ONE = (
+    update(_TABLE)
+    .where(_TABLE.c.serial == bindparam("one_serial"),
+           _TABLE.c.status == CertificateStatus.ACTIVE.value)
+    .values(status=CertificateStatus.SUPERSEDED.value)
+)
+
+
 def supersede_active(
     *, session: Session, device_id: str, except_serial: str | None = None
 ) -> list[str]:
     """Mark every active certificate of a device superseded; return their serials."""
-    statement = select(Certificate.serial).where(
-        Certificate.device_id == device_id, Certificate.status == CertificateStatus.ACTIVE
-    )
-    serials = [s for s in session.exec(statement).all() if s != except_serial]
+    serials = [serial for serial in execute(session, _ACTIVE_OF_DEVICE, device_id=device_id)
+               .scalars() if serial != except_serial]
     if serials:
-        session.exec(
-            update(Certificate)
-            .where(col(Certificate.serial).in_(serials))
-            .values(status=CertificateStatus.SUPERSEDED)
-        )
+        execute(session, _SUPERSEDE_SERIALS, serials=serials)
     return serials
+
+
+def supersede_if_active(*, session: Session, serial: str) -> bool:
+    """Supersede one certificate if it is still active; False when another renewal won."""
+    return bool(execute(session, _SUPERSEDE_ONE, one_serial=serial).rowcount == 1)
 
 
 def revoke_certificates(

@@ -5,35 +5,47 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from fleet.registry.engine import execute
 from fleet.registry.models import Device, DeviceStatus
+
+_TABLE = Device.__table__  # type: ignore[attr-defined]
+_SELECT = sa_select(_TABLE).where(_TABLE.c.id == bindparam("device_id"))
+_SELECT_FOR_UPDATE = _SELECT.with_for_update()
+_INSERT = insert(_TABLE)
+_SET_STATUS = (
+    update(_TABLE).where(_TABLE.c.id == bindparam("device_id"))
+    .values(status=bindparam("new_status"), status_reason=bindparam("new_reason"),
+            updated_at=bindparam("now"))
+)
 
 
 def get_device(*, session: Session, device_id: str, for_update: bool = False) -> Device | None:
-    statement = select(Device).where(Device.id == device_id)
-    if for_update:
-        statement = statement.with_for_update()
-    return session.exec(statement).first()
+    """The device row (detached), locked until commit with *for_update* on PostgreSQL."""
+    statement = _SELECT_FOR_UPDATE if for_update else _SELECT
+    row = execute(session, statement, device_id=device_id).mappings().first()
+    return Device(**row) if row else None
 
 
 def create_device(
     *, session: Session, device_id: str, group: str, status: DeviceStatus, now: datetime
 ) -> Device:
     device = Device(id=device_id, group=group, status=status, created_at=now, updated_at=now)
-    session.add(device)
-    session.flush()
+    execute(session, _INSERT, **device.model_dump())
     return device
 
 
 def set_device_status(
     *, session: Session, device: Device, status: DeviceStatus, reason: str | None, now: datetime
 ) -> Device:
+    execute(session, _SET_STATUS, device_id=device.id, new_status=status, new_reason=reason,
+            now=now)
     device.status = status
     device.status_reason = reason
     device.updated_at = now
-    session.add(device)
-    session.flush()
     return device
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.sql.base import Executable
 from sqlmodel import Session, create_engine
 
 from fleet.errors import RegistryUnavailableError
@@ -80,6 +81,15 @@ def unavailable_as_error() -> Iterator[None]:
             raise
         raise RegistryUnavailableError(f"registry database unavailable: {text.splitlines()[0]}") \
             from exc
+
+
+def execute(session: Session, statement: Executable, **params: Any) -> CursorResult[Any]:
+    """Run a prebuilt Core statement on the session's connection.
+
+    The hot paths (enrollment, renewal, admission) build their statements once at import and
+    bind parameters per call: no ORM unit of work, no per-call statement construction.
+    """
+    return session.connection().execute(statement, params)
 
 
 def session(engine: Engine) -> Session:

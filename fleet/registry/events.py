@@ -8,8 +8,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import overload
 
+from sqlalchemy import insert
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select, update
 
+from fleet.registry.engine import execute
 from fleet.registry.models import AuditEvent, CRLState, RevocationEvent
 
 
@@ -31,9 +34,14 @@ def record_audit(
         detail=json.dumps(dict(detail), sort_keys=True, default=str) if detail else None,
     )
     event.digest = audit_digest(_chain_head(session), event)
-    session.add(event)
-    session.flush()
+    inserted = execute(session, _AUDIT_INSERT, **event.model_dump(exclude={"id"}))
+    event.id = inserted.inserted_primary_key[0] if inserted.inserted_primary_key else None
     return event
+
+
+_AUDIT_TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
+_AUDIT_INSERT = insert(_AUDIT_TABLE)
+_AUDIT_HEAD = sa_select(_AUDIT_TABLE.c.digest).order_by(_AUDIT_TABLE.c.id.desc()).limit(1)
 
 
 AUDIT_GENESIS = "0" * 64
@@ -58,8 +66,8 @@ def _chain_head(session: Session) -> str:
     """
     if session.get_bind().dialect.name == "postgresql":
         session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({_AUDIT_LOCK_KEY})")
-    statement = select(AuditEvent.digest).order_by(col(AuditEvent.id).desc()).limit(1)
-    return session.exec(statement).first() or AUDIT_GENESIS
+    head: str | None = execute(session, _AUDIT_HEAD).scalar()
+    return head or AUDIT_GENESIS
 
 
 def verify_audit_chain(*, session: Session, batch: int = 5000) -> tuple[int, str | None]:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from sqlalchemy import bindparam
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select, update
 
+from fleet.registry.engine import execute
 from fleet.registry.models import BootstrapToken
 
 
@@ -15,24 +18,29 @@ def add_tokens(*, session: Session, tokens: Sequence[BootstrapToken]) -> None:
     session.flush()
 
 
+_TABLE = BootstrapToken.__table__  # type: ignore[attr-defined]
+_SELECT = sa_select(_TABLE).where(_TABLE.c.id == bindparam("token_id"))
+_CONSUME = (
+    update(_TABLE)
+    .where(
+        _TABLE.c.id == bindparam("token_id"),
+        _TABLE.c.uses_left > 0,
+        _TABLE.c.revoked_at.is_(None),
+        _TABLE.c.expires_at > bindparam("now"),
+    )
+    .values(uses_left=_TABLE.c.uses_left - 1)
+)
+
+
 def get_token(*, session: Session, token_id: str) -> BootstrapToken | None:
-    return session.get(BootstrapToken, token_id)
+    """The token row (detached)."""
+    row = execute(session, _SELECT, token_id=token_id).mappings().first()
+    return BootstrapToken(**row) if row else None
 
 
 def consume_token_use(*, session: Session, token_id: str, now: datetime) -> bool:
     """Take one use of a live token; False when none is left (or it expired or was revoked)."""
-    result = session.exec(
-        update(BootstrapToken)
-        .where(
-            col(BootstrapToken.id) == token_id,
-            col(BootstrapToken.uses_left) > 0,
-            col(BootstrapToken.revoked_at).is_(None),
-            col(BootstrapToken.expires_at) > now,
-        )
-        .values(uses_left=col(BootstrapToken.uses_left) - 1)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount == 1)
+    return bool(execute(session, _CONSUME, token_id=token_id, now=now).rowcount == 1)
 
 
 def revoke_tokens(*, session: Session, token_ids: Sequence[str], now: datetime) -> None:
