@@ -225,8 +225,34 @@ def fleet_broker(fixture: Fixture, *, profile: Path | None = None) -> Broker:
     port = free_port()
     command = [FLEET, "serve", "broker", "--port", str(port)]
     if profile is not None:
-        command = [PYTHON, "-m", "cProfile", "-o", str(profile), *command]
+        command = [PYTHON, __file__, "--run-profiled-fleet", f"{port}:{profile}"]
     return Broker("fleet", command, port, env=fixture.env)
+
+
+def run_profiled_fleet(argument: str) -> None:
+    """Entry point of a Fleet broker process profiled (main thread CPU) while serving."""
+    import cProfile
+    import logging
+
+    from fleet.broker.server import start
+
+    port, output = argument.split(":", 1)
+    logging.getLogger("amqtt").setLevel(logging.ERROR)
+
+    async def main() -> None:
+        server = await start(load_settings(), host="127.0.0.1", port=int(port))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        profiler = cProfile.Profile(time.thread_time)
+        profiler.enable()
+        await stop.wait()
+        profiler.disable()
+        profiler.dump_stats(output)
+        await server.close()
+
+    asyncio.run(main())
 
 
 def mosquitto_broker(fixture: Fixture) -> Broker:
@@ -576,20 +602,21 @@ def reactivate(fixture: Fixture, count: int) -> None:
 
 
 async def profile_fleet(fixture: Fixture, log_dir: Path) -> None:
-    for phase in ("connect", "message"):
-        output = log_dir / f"fleet-{phase}.prof"
+    for phase in ("connect", "QoS 0", "QoS 1"):
+        output = log_dir / f"fleet-{phase.replace(' ', '')}.prof"
         broker = fleet_broker(fixture, profile=output)
-        broker.start(log_dir / f"fleet-profile-{phase}.log")
+        broker.start(log_dir / f"fleet-profile-{phase.replace(' ', '')}.log")
         try:
             if phase == "connect":
                 await measure_connects(broker, fixture, 300)
             else:
-                await measure_messages(broker, fixture, qos=0, total=6000, rate=2000)
+                await measure_messages(broker, fixture, qos=int(phase[-1]), total=6000,
+                                       rate=2000)
         finally:
             broker.stop()
-        print(f"\n-- cProfile, Fleet broker, {phase} phase (top 14 by own time) --")
+        print(f"\n-- cProfile (event-loop thread CPU), Fleet broker, {phase} phase --")
         stats = pstats.Stats(str(output))
-        stats.sort_stats("tottime").print_stats(14)
+        stats.sort_stats("tottime").print_stats(22)
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -643,10 +670,11 @@ async def main(arguments: argparse.Namespace) -> None:
         print(f"  done in {time.monotonic() - started:.0f}s", flush=True)
         makers = {"fleet": fleet_broker, "mosquitto": mosquitto_broker, "amqtt": amqtt_broker}
         results = {}
-        for name in arguments.brokers.split(","):
+        for name in [] if arguments.profile_only else arguments.brokers.split(","):
             results[name] = await run_broker(makers[name](fixture), fixture, levels, work)
-        report(results, levels)
-        if arguments.profile:
+        if results:
+            report(results, levels)
+        if arguments.profile or arguments.profile_only:
             await profile_fleet(fixture, work)
         print(f"\ntotal {time.monotonic() - started:.0f}s")
     finally:
@@ -664,8 +692,12 @@ if __name__ == "__main__":
     parser.add_argument("--profile", action="store_true", help="also profile Fleet's broker")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--run-amqtt", help=argparse.SUPPRESS)
+    parser.add_argument("--run-profiled-fleet", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-only", action="store_true", help=argparse.SUPPRESS)
     parsed = parser.parse_args()
     if parsed.run_amqtt:
         run_stock_amqtt(parsed.run_amqtt)
+    elif parsed.run_profiled_fleet:
+        run_profiled_fleet(parsed.run_profiled_fleet)
     else:
         asyncio.run(main(parsed))

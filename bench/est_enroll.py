@@ -290,7 +290,7 @@ def reenroll_client(pipe: Connection, port: int, ca_file: str, jobs: list[Job],
         key_file.write_text(key_pem)
         cert_file = spool / f"{device_id}.pem"
         cert_file.write_text(cert_pem)
-        key = serialization.load_pem_private_key(key_pem.encode(), None)
+        key = pki.load_private_key_pem(key_pem.encode())
         request = http_post("/.well-known/est/simplereenroll", csr_der(device_id, key))
         devices.append((cert_file, key_file, request))
     turns = [devices[i::threads] for i in range(threads)]
@@ -324,7 +324,7 @@ def token_jobs(settings: Settings, count: int, tag: str) -> list[Job]:
 
 def device_jobs(settings: Settings, count: int, tag: str) -> list[Job]:
     boss = authority(settings)
-    jobs = []
+    jobs: list[Job] = []
     for i in range(count):
         key = pki.generate_private_key()
         device_id = f"{tag}-{i}"
@@ -467,7 +467,7 @@ def main() -> None:
 
 def report(figures: list[Figure], summary: str, elapsed: float, out: Path | None) -> None:
     ceiling = {"server-auth": figures[0].per_cpu_second, "mtls": figures[1].per_cpu_second}
-    print(f"{'what':34} {'workers':>7} {'done':>7} {'per s':>8} {'server CPU s':>12} "
+    print(f"{'what':40} {'workers':>7} {'done':>7} {'per s':>8} {'server CPU s':>12} "
           f"{'per CPU-s':>10} {'ratio':>6}")
     rows = []
     for figure in figures:

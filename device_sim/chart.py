@@ -39,7 +39,9 @@ def svg_chart(title: str, series: Sequence[Series], *, x_max: float, y_label: st
               bands: Sequence[tuple[float, float]] = (), marks: Sequence[float] = ()) -> str:
     """A line/dot chart with axes, grid, legend, shaded *bands* and vertical *marks*."""
     x_max = max(x_max, 1.0)
-    y_max = nice_ceiling(max((y for s in series for _, y in s.points), default=0.0) * 1.05)
+    y_step = nice_ceiling(max((y for s in series for _, y in s.points), default=0.0) * 1.05 / 4)
+    y_max = y_step * max(1, math.ceil(
+        max((y for s in series for _, y in s.points), default=0.0) * 1.05 / y_step))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def x(value: float) -> float:
@@ -53,8 +55,8 @@ def svg_chart(title: str, series: Sequence[Series], *, x_max: float, y_label: st
     for begin, end in bands:
         parts.append(f'<rect x="{x(begin):.1f}" y="{TOP}" width="{max(x(end) - x(begin), 2):.1f}"'
                      f' height="{plot_h}" fill="#edf2f7"><title>broker restart</title></rect>')
-    for tick in range(5):
-        value = y_max * tick / 4
+    for tick in range(round(y_max / y_step) + 1):
+        value = y_step * tick
         parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(value):.1f}" '
                      f'y2="{y(value):.1f}" stroke="#e2e8f0"/>')
         parts.append(f'<text x="{LEFT - 6}" y="{y(value) + 4:.1f}" text-anchor="end" '

@@ -153,12 +153,13 @@ class Device:
                 return False
             t = env.now()
             self.est_backoff.reset()
-            self._take(Credentials.issued(key, certificate, anchors=self.anchors, received_at=t))
+            credentials = Credentials.issued(key, certificate, anchors=self.anchors,
+                                             received_at=t)
+            self._take(credentials)
             self.enrolled_at = t
             env.metrics.sample("enroll_latency", t, (t - started) * 1000)
             env.metrics.event("enrolled", t)
-            if self.credentials is not None:
-                env.certificate_received(self.credentials.lifetime)
+            env.certificate_received(credentials.lifetime)
             return True
         return False
 
@@ -208,8 +209,8 @@ class Device:
         """One connection attempt (TLS handshake, CONNECT, CONNACK) within the limits."""
         env = self.env
         target = client or self.client
-        started = env.now()
         async with env.connect_slots:
+            started = env.now()
             try:
                 present = await env.mqtt.connect(
                     target, host=env.endpoints.mqtt_host, port=env.endpoints.mqtt_port,
@@ -367,13 +368,14 @@ class Device:
         current = self.credentials
         assert current is not None
         phase, self.phase = self.phase, Phase.RENEWING
-        refused_once = False
+        last: ESTError | None = None
         while not env.stopping:
             try:
                 key, certificate, took = await self.reenroll(current, rekey=env.scenario.rekey)
                 break
             except ESTUnavailable as exc:
                 env.metrics.count("renewal_retries")
+                last = exc
                 if env.now() > current.expires_at:
                     env.metrics.count("renewals_failed")
                     self.fail("renewal-failed", f"certificate expired while retrying: {exc}")
@@ -384,15 +386,16 @@ class Device:
                 if self.revoked_at is not None:
                     await self._revoked(reenroll=exc)
                     return False
-                if isinstance(exc, ESTHandshakeRefused) and not refused_once:
-                    # Indistinguishable from a dropped connection: look again once.
-                    refused_once = True
+                if isinstance(exc, ESTHandshakeRefused) and env.now() < current.expires_at:
+                    # A connection closed without an answer is also what an overloaded server
+                    # looks like: try again while the certificate is still valid.
                     env.metrics.count("renewal_retries")
+                    last = exc
                     if not await env.sleep(self.est_backoff.next_delay()):
                         return False
                     continue
                 env.metrics.count("renewals_failed")
-                self.fail("renewal-failed", str(exc))
+                self.fail("renewal-failed", f"{exc}" + (f" (earlier: {last})" if last else ""))
                 return False
         else:
             return False

@@ -97,9 +97,6 @@ class Environment:
         return any(w.begin <= t and (w.end is None or t <= w.end + RESTART_SLACK)
                    for w in self.restarts)
 
-    def restart_between(self, start: float, end: float) -> bool:
-        return any(start <= w.begin <= end for w in self.restarts)
-
     async def trust(self) -> tuple[list[x509.Certificate], ssl.SSLContext]:
         """Bootstrap trust like a factory-provisioned device (RFC 7030 4.1.1).
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_ERRORS_KEPT = 200
+MAX_ERRORS_KEPT_PER_KIND = 40
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -84,9 +85,10 @@ class Metrics:
         return [value for _, value in self.samples.get(name, ())]
 
     def error(self, t: float, kind: str, device_id: str | None, detail: str) -> None:
-        """Record an unexpected error (the first few hundred are kept in full)."""
+        """Record an unexpected error; the first few of each kind are kept in full."""
         self.errors_by_kind[kind] += 1
-        if len(self.errors) < MAX_ERRORS_KEPT:
+        if len(self.errors) < MAX_ERRORS_KEPT and \
+                self.errors_by_kind[kind] <= MAX_ERRORS_KEPT_PER_KIND:
             self.errors.append(ErrorRecord(t, kind, device_id, detail[:500]))
 
     @property

@@ -166,7 +166,8 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
          f"{report['messages_sent']} / {report['messages_received']}"),
         ("QoS 1 commands delivered / lost",
          f"{messages['commands_received']} / {messages['commands_lost']} "
-         f"({messages['commands_lost_allowed']} lost to a broker restart)"),
+         f"(+{messages['commands_lost_allowed']} not owed: broker restart, revocation or "
+         "device offline)"),
         ("revoked", str(report["revoked"])),
         ("revocation latency", ms("revocation_latency_ms")),
         ("broker restarts", ", ".join(
@@ -192,7 +193,13 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
 
 
 def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:g} s"
+    if value is None:
+        return "-"
+    if value >= 2 * 86400:
+        return f"{value / 86400:.1f} d"
+    if value >= 2 * 3600:
+        return f"{value / 3600:.1f} h"
+    return f"{value:g} s"
 
 
 class LiveProgress:

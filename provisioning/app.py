@@ -174,10 +174,10 @@ class EstService:
         try:
             return await self.call(operation, actor=actor, **kwargs)
         except IntegrityError as exc:
-            # Two first enrollments of one device id raced; the loser changed nothing.
-            error = ConflictError("a concurrent request enrolled this device; retry",
+            # Two first enrollments of one device id raced; the loser's transaction rolled back.
+            error = ConflictError("a concurrent request changed this device; retry",
                                   detail=type(exc.orig).__name__)
-            await self.call(self.authority.audit_refusal, action, error, actor=actor)
+            await self._audit_edge_refusal(action, error, actor)
             raise error from exc
 
     def _issued(self, operation: str, issued: Issued) -> web.Response:

@@ -8,6 +8,7 @@ so policy decisions never rely on stored session state.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -23,16 +24,22 @@ if TYPE_CHECKING:
 SESSION_KEY = "fleet.connection"
 """The key under ``Session.attributes`` holding the connection bound to that session."""
 
-_RECEIVE_CACHE = 256
+_TOPIC_CACHE = 256
+READ_CHUNK = 2**14
+PUBLISH, PUBACK = 3, 4
+
+OnPublish = Callable[["Session", str, bytes, int, bool], None]
+log = logging.getLogger(__name__)
 
 
 class Connection:
     """A TLS connection whose peer certificate was verified in the handshake."""
 
     __slots__ = (
-        "_keep_alive", "_receive", "certificate", "client_id", "closing_reason", "dropped",
-        "finished", "grants", "identity", "last_rx", "loop", "outstanding", "peer", "serial",
-        "session", "suppress_will", "transport", "unflushed",
+        "_keep_alive", "_pending", "_publish", "_receive", "certificate", "client_id",
+        "closing_reason", "dropped", "finished", "grants", "handler", "identity", "last_rx",
+        "loop", "outstanding", "peer", "serial", "session", "suppress_will", "transport",
+        "unflushed",
     )
 
     def __init__(self, *, transport: asyncio.WriteTransport, certificate: x509.Certificate,
@@ -46,6 +53,7 @@ class Connection:
         self.client_id: str | None = None
         self.grants: Grants = NOTHING
         self.session: Session | None = None
+        self.handler: Any = None  # amqtt's BrokerProtocolHandler, once attached
         self.closing_reason: str | None = None
         self.suppress_will = False
         self.last_rx = self.loop.time()
@@ -54,6 +62,8 @@ class Connection:
         self.dropped = 0
         self.finished: asyncio.Future[None] = self.loop.create_future()
         self._receive: dict[str, bool] = {}
+        self._publish: dict[str, bool] = {}
+        self._pending: list[bytes] = []
         self._keep_alive: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
@@ -81,27 +91,53 @@ class Connection:
             session.will_flag = False
 
     def may_receive(self, topic: str) -> bool:
+        """May a message on *topic* be delivered here (remembered per topic)?"""
         allowed = self._receive.get(topic)
         if allowed is None:
-            if len(self._receive) >= _RECEIVE_CACHE:
+            if len(self._receive) >= _TOPIC_CACHE:
                 self._receive.clear()
             allowed = self._receive[topic] = self.grants.may_receive(topic)
         return allowed
 
+    def may_publish(self, topic: str) -> bool:
+        """May this connection publish to *topic* (remembered per topic)?"""
+        allowed = self._publish.get(topic)
+        if allowed is None:
+            if len(self._publish) >= _TOPIC_CACHE:
+                self._publish.clear()
+            allowed = self._publish[topic] = self.grants.may_publish(topic)
+        return allowed
+
     def send(self, packet: bytes, *, limit: int) -> bool:
-        """Write *packet* unless more than *limit* packets are already backed up."""
+        """Write *packet* unless *limit* packets are already backed up (then drop it).
+
+        Backed up: written since the socket last drained completely, or still pending.
+        """
+        if self.transport.is_closing():
+            return False
+        if self.unflushed + len(self._pending) >= limit:
+            if len(self._pending) >= limit or self.transport.get_write_buffer_size() != 0:
+                self.dropped += 1
+                return False
+            self.unflushed = 0
+        self.write(packet)
+        return True
+
+    def write(self, packet: bytes) -> None:
+        """Queue *packet*; everything queued in one event-loop turn leaves in one write."""
+        if not self._pending:
+            self.loop.call_soon(self._flush)
+        self._pending.append(packet)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
         transport = self.transport
         if transport.is_closing():
-            return False
+            return
         if transport.get_write_buffer_size() == 0:
             self.unflushed = 0
-        elif self.unflushed >= limit:
-            self.dropped += 1
-            return False
-        else:
-            self.unflushed += 1
-        transport.write(packet)
-        return True
+        self.unflushed += len(pending)
+        transport.write(b"".join(pending) if len(pending) > 1 else pending[0])
 
     def watch_keep_alive(self, keep_alive: int, on_idle: Callable[[Connection], None]) -> None:
         """Call *on_idle* once nothing arrived for 1.5 x *keep_alive* seconds (MQTT-3.1.2-24)."""
@@ -194,37 +230,132 @@ def _discard(index: dict[Any, set[Connection]], key: Any, connection: Connection
 class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
     """amqtt's view of the stream: the CONNECT the gate already read, then the socket.
 
-    Records when data last arrived (keep-alive), refuses packets above the size limit, and
-    stops reading while the session's inbound queue holds *max_backlog* messages (TCP
-    back-pressure).
+    The reader keeps track of packet boundaries. QoS 0 and 1 PUBLISH packets, and PUBACKs
+    for deliveries the broker wrote itself, are parsed and handled here (a PUBLISH goes to
+    *on_publish*, then a QoS 1 one is acknowledged); amqtt's protocol handler reads every
+    other packet, and may read no further than the end of the packet it is in. Also records
+    when data last arrived (keep-alive) and refuses packets above the size limit.
     """
 
     def __init__(self, reader: asyncio.StreamReader, connection: Connection, *, replay: bytes,
-                 max_packet_bytes: int, max_backlog: int) -> None:
+                 max_packet_bytes: int, on_publish: OnPublish) -> None:
         self._reader = reader
         self._connection = connection
-        self._replay = memoryview(replay)
+        self._data = replay
+        self._position = 0
+        self._left = 0  # bytes of the packet amqtt is reading that it has not read yet
         self._max = max_packet_bytes
-        self._backlog = max_backlog
+        self._on_publish = on_publish
 
     async def read(self, n: int = -1) -> bytes:
-        if self._replay:
-            if n < 0 or n >= len(self._replay):
-                head, self._replay = bytes(self._replay), memoryview(b"")
-                return head + (await self.read(n - len(head)) if n > len(head) else b"")
-            head, self._replay = bytes(self._replay[:n]), self._replay[n:]
-            return head
-        connection = self._connection
-        if n > self._max:
-            connection.abort(f"packet larger than {self._max} bytes")
+        if self._left == 0 and not await self._next_packet_for_amqtt():
+            return b""  # end of stream
+        if n < 0 or n > self._left:
+            self._connection.abort("malformed packet (read past its end)")
             raise asyncio.IncompleteReadError(b"", n)
-        session = connection.session
-        while session is not None and not connection.closing \
-                and session.delivered_message_queue.qsize() >= self._backlog:
-            await asyncio.sleep(0.005)
-        data = await (self._reader.read(n) if n < 0 else self._reader.readexactly(n))
+        if not await self._fill(n):
+            raise asyncio.IncompleteReadError(self._data[self._position:], n)
+        start = self._position
+        self._position += n
+        self._left -= n
+        return self._data[start:start + n]
+
+    async def _fill(self, n: int) -> bool:
+        """Have at least *n* unread bytes in the buffer; False at end of stream."""
+        have = len(self._data) - self._position
+        if have >= n:
+            return True
+        parts = [self._data[self._position:]]
+        while have < n:
+            chunk = await self._reader.read(max(n - have, READ_CHUNK))
+            if not chunk:
+                return False
+            parts.append(chunk)
+            have += len(chunk)
+        self._data, self._position = b"".join(parts), 0
+        connection = self._connection
         connection.last_rx = connection.loop.time()
-        return data
+        return True
+
+    async def _next_packet_for_amqtt(self) -> bool:
+        """Handle packets on the short path until one is for amqtt; False at end of stream."""
+        while True:
+            if not await self._fill(2):
+                return False
+            data, start = self._data, self._position
+            length, header = 0, 1
+            while True:  # remaining length (2.2.3): at most four bytes
+                byte = data[start + header]
+                length |= (byte & 0x7F) << (7 * (header - 1))
+                header += 1
+                if not byte & 0x80:
+                    break
+                if header > 4:
+                    self._connection.abort("malformed remaining length")
+                    return False
+                if not await self._fill(header + 1):
+                    return False
+                data, start = self._data, self._position
+            total = header + length
+            if length > self._max:
+                self._connection.abort(f"packet larger than {self._max} bytes")
+                return False
+            kind = data[start] >> 4
+            if kind in (PUBLISH, PUBACK) and length <= READ_CHUNK:
+                if not await self._fill(total):
+                    return False
+                packet = self._data[self._position:self._position + total]
+                if self._short_path(packet, header):
+                    self._position += total
+                    continue
+            self._left = total
+            return True
+
+    def _short_path(self, packet: bytes, header: int) -> bool:
+        """Handle *packet* here if it is a QoS 0/1 PUBLISH or one of our PUBACKs."""
+        connection, session = self._connection, self._connection.session
+        if session is None:
+            return False
+        flags = packet[0] & 0x0F
+        if packet[0] >> 4 == PUBACK:
+            if len(packet) != 4 or flags:
+                return False  # malformed: amqtt's parser reports it
+            packet_id = int.from_bytes(packet[2:4], "big")
+            handler = connection.handler
+            if handler is not None and packet_id in getattr(handler, "_puback_waiters", ()):
+                return False  # a delivery amqtt made itself (e.g. a retry on resume)
+            session.inflight_out.pop(packet_id, None)
+            return True
+        qos = (flags >> 1) & 0x03
+        if qos > 1:
+            return False  # QoS 2 (or the invalid 3): amqtt's flow
+        end = header + 2 + int.from_bytes(packet[header:header + 2], "big")
+        try:
+            topic = packet[header + 2:end].decode("utf-8")
+        except UnicodeDecodeError:
+            connection.abort("PUBLISH topic is not valid UTF-8")
+            return True
+        identifier = b""
+        if qos:
+            identifier = packet[end:end + 2]
+            end += 2
+            if len(identifier) < 2 or identifier == b"\x00\x00":
+                connection.abort("PUBLISH without a valid packet identifier")
+                return True
+        elif flags & 0x08:
+            return True  # MQTT-3.3.1-2: DUP must be 0 for QoS 0; ignored as amqtt does
+        if end > len(packet):
+            connection.abort("malformed PUBLISH")
+            return True
+        try:
+            self._on_publish(session, topic, packet[end:], qos, bool(flags & 0x01))
+        except Exception:
+            log.exception("routing a PUBLISH from %s failed", connection)
+            connection.abort("internal error while routing a PUBLISH")
+            return True
+        if qos:
+            connection.write(b"\x40\x02" + identifier)  # PUBACK, after routing
+        return True
 
     def feed_eof(self) -> None:
         self._reader.feed_eof()

@@ -7,11 +7,15 @@ What changes against stock amqtt 0.12.1 (see shared/notes/amqtt-0.12.1.md):
   (S1, S2, S6), and amqtt's own keep-alive timer is replaced by the connection's (S5);
 - retained messages go only to the session that subscribed, and only if it may receive the
   topic (S3); every delivery, live or queued for an offline session, passes the RECEIVE check;
-- a message is routed at the time it is published (no global queue), delivered at
+- a message is routed as soon as it is read (no per-session or global queue), delivered at
   min(publish QoS, subscription QoS), and each client's backlog is bounded: QoS 0 packets that
   would exceed ``max_queued_messages`` unflushed packets, QoS 1/2 deliveries beyond that many
   unacknowledged ones, and messages queued for an offline session beyond that many are dropped;
-- topic checks call the policy plugin directly instead of through a task per plugin.
+- QoS 0 and 1 PUBLISH and PUBACK packets take a short path (ConnectionReader parses them and
+  calls :meth:`FleetBroker.receive`; QoS 1 deliveries are written here and tracked in the
+  session's ``inflight_out``), everything else goes through amqtt's protocol handler;
+- topic checks call the policy plugin directly instead of through a task per plugin;
+- sessions keep their state without a ``transitions`` machine each (fleet.broker.session).
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from amqtt.contexts import Action
 from amqtt.errors import BrokerError, MQTTError
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import Session
+from amqtt.mqtt.publish import PublishPacket
+from amqtt.session import ApplicationMessage, OutgoingApplicationMessage, Session
 
 from fleet.acl import is_topic_name, matches
-from fleet.broker import packets
+from fleet.broker import packets, session
 from fleet.broker.connection import Connection, ConnectionWriter, connection_of
 from fleet.broker.plugins import TopicPolicyPlugin
 
@@ -39,12 +44,37 @@ FILTERS_KEY = "fleet.filters"
 """Under ``Session.attributes``: the filters this session holds (a set)."""
 
 _MATCH_CACHE = 50_000
-INBOUND_BURST = 4096
-"""Room above ``max_queued_messages`` in a session's inbound queue: the reader stops taking
-packets from the socket at ``max_queued_messages``, but packets already buffered (at most
-the stream reader's buffer) are parsed before that check runs again."""
 
 Denied = Callable[[Connection | None, Action, str], None]
+Receive = Callable[[Session, str, bytes, int, bool], None]
+
+SENT = PublishPacket()
+"""Marks an in-flight QoS 1 message as already sent, so that amqtt re-sends it with DUP set
+when the session resumes (MQTT-3.3.1-1)."""
+
+
+class Inbound(asyncio.Queue[Any]):
+    """A session's inbound message "queue" that hands each PUBLISH on as it is put.
+
+    amqtt's protocol handler puts every received PUBLISH here and the session's message loop
+    takes it out again: two task switches and an ``asyncio.wait`` per message. Routing at
+    ``put`` keeps the order (the handler puts messages in arrival order) and needs no queue
+    bound: what is not yet routed is what is still unread in the socket. (QoS 0 and 1
+    PUBLISH packets do not even reach amqtt's handler: see ConnectionReader.)
+    """
+
+    def __init__(self, session: Session, receive: Receive) -> None:
+        super().__init__()
+        self._session = session
+        self._receive = receive
+
+    def put_nowait(self, item: Any) -> None:
+        packet = item.publish_packet
+        self._receive(self._session, item.topic, item.data, item.qos or 0,
+                      bool(packet is not None and packet.retain_flag))
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
 
 
 class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
@@ -52,6 +82,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
 
     def __init__(self, config: dict[str, Any], *, max_queued_messages: int,
                  on_denied: Denied) -> None:
+        session.install()
         super().__init__(config)
         plugins = [p for p in self.plugins_manager.plugins if isinstance(p, TopicPolicyPlugin)]
         if len(plugins) != 1 or len(self.plugins_manager._topic_plugins) != 1:
@@ -60,6 +91,9 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self._max_queued = max_queued_messages
         self._on_denied = on_denied
         self._matching: dict[str, tuple[str, ...]] = {}
+        self._notifications: set[asyncio.Future[None]] = set()
+        self._listened = {event for event in BrokerEvents if any(
+            hasattr(plugin, f"on_{event}") for plugin in self.plugins_manager.plugins)}
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -76,9 +110,9 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         session.ssl_object = writer.get_ssl_info()
         session.remote_address, session.remote_port = remote_address, remote_port
         session.keep_alive = 0  # the connection enforces 1.5 x keep-alive itself
+        if not isinstance(session.delivered_message_queue, Inbound):
+            session.delivered_message_queue = Inbound(session, self.receive)
         if session.parent == 0:
-            session.delivered_message_queue = asyncio.Queue(
-                maxsize=self._max_queued + INBOUND_BURST)
             session.attributes[FILTERS_KEY] = set()
         connection.bind(session)
         return handler, session
@@ -100,6 +134,8 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         else:
             client_session.transitions.connect()
         handler.attach(client_session, reader, writer)
+        if isinstance(writer, ConnectionWriter):
+            writer.connection.handler = handler
         self._sessions[client_id] = (client_session, handler)
         await handler.mqtt_connack_authorize(authenticated)
         if not authenticated:
@@ -144,35 +180,66 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self._matching.clear()
 
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        return self._allowed(session, topic, action)
+
+    def _allowed(self, session: Session, topic: str, action: Action) -> bool:
         allowed = self._policy.allows(session, topic, action)
         if not allowed and action is not Action.RECEIVE:
             self._on_denied(connection_of(session), action, topic)
         return allowed
 
+    def _notify(self, event: BrokerEvents, **details: Any) -> None:
+        """Fire an amqtt plugin event, if any plugin listens to it."""
+        if event in self._listened:
+            task = asyncio.ensure_future(self.plugins_manager.fire_event(event, **details))
+            self._notifications.add(task)
+            task.add_done_callback(self._notifications.discard)
+
     # -- messages ------------------------------------------------------------------------
+
+    def receive(self, session: Session, topic: str, data: bytes, qos: int,
+                retain: bool) -> None:
+        """A PUBLISH from *session*: check it, route it, keep it if retained."""
+        if self._listened:
+            message = ApplicationMessage(None, topic, qos, data, retain)
+            self._notify(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id,
+                         message=message)
+        connection = connection_of(session)
+        if connection is None or not connection.may_publish(topic) or topic[0] == "$":
+            if not is_topic_name(topic):  # MQTT-4.7.3-1, MQTT-3.3.2-2: close the connection
+                if connection is not None:
+                    connection.abort(f"PUBLISH to the invalid topic name {topic!r}")
+            else:
+                self._on_denied(connection, Action.PUBLISH, topic)
+            return  # a refused PUBLISH is dropped
+        if self._listened:
+            self._notify(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id,
+                         message=message)
+        self.route(topic, data, qos)
+        if retain:
+            self._retain(session, topic, data, qos)
+
+    def _retain(self, session: Session | None, topic: str, data: bytes | bytearray,
+                qos: int | None) -> None:
+        """Keep (or, for an empty payload, clear) the retained message of *topic*."""
+        if data:
+            retained = RetainedApplicationMessage(session, topic, data, qos)
+            self._retained_messages[topic] = retained
+        else:  # MQTT-3.3.1-10
+            retained = self._retained_messages.pop(topic, None)
+        if retained is not None:
+            self._notify(BrokerEvents.RETAINED_MESSAGE, client_id=None,
+                         retained_message=retained)
 
     async def _handle_message_delivery(self, client_session: Session,
                                        handler: BrokerProtocolHandler,
                                        wait_deliver: asyncio.Future[Any]) -> bool:
+        """Messages put on a session queue other than :class:`Inbound` get the same checks."""
         message = wait_deliver.result()
-        await self.plugins_manager.fire_event(
-            BrokerEvents.MESSAGE_RECEIVED, client_id=client_session.client_id, message=message)
-        if message is None:
-            return True
-        topic = message.topic
-        if not is_topic_name(topic):  # MQTT-4.7.3-1, MQTT-3.3.2-2: close the connection
-            connection = connection_of(client_session)
-            if connection is not None:
-                connection.abort(f"PUBLISH to the invalid topic name {topic!r}")
-            return True
-        if topic.startswith("$") or not await self._topic_filtering(
-                client_session, topic, Action.PUBLISH):
-            return True  # dropped; the refusal is audited by _topic_filtering
-        await self.plugins_manager.fire_event(
-            BrokerEvents.MESSAGE_BROADCAST, client_id=client_session.client_id, message=message)
-        self.route(topic, message.data, message.qos or 0)
-        if message.publish_packet is not None and message.publish_packet.retain_flag:
-            await self.retain_message(client_session, topic, message.data, message.qos)
+        if message is not None:
+            packet = message.publish_packet
+            self.receive(client_session, message.topic, message.data, message.qos or 0,
+                         bool(packet is not None and packet.retain_flag))
         return True
 
     async def _broadcast_message(self, session: Session | None, topic: str | None,
@@ -209,9 +276,19 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         if qos == 0:
             connection.send(packets.publish(topic, data, retain=retain), limit=self._max_queued)
             return None
-        handler = self._sessions.get(target.client_id or "", (None, None))[1]
-        if handler is None or connection.outstanding >= self._max_queued:
+        if len(target.inflight_out) + connection.outstanding >= self._max_queued:
             connection.dropped += 1
+            return None
+        if qos == 1:  # written here; ConnectionReader takes the PUBACK off inflight_out
+            packet_id = target.next_packet_id
+            message = OutgoingApplicationMessage(packet_id, topic, 1, data, retain)
+            message.publish_packet = SENT
+            target.inflight_out[packet_id] = message
+            connection.write(
+                packets.publish(topic, data, qos=1, packet_id=packet_id, retain=retain))
+            return None
+        handler = self._sessions.get(target.client_id or "", (None, None))[1]
+        if handler is None:
             return None
         connection.outstanding += 1
         task: asyncio.Future[Any] = asyncio.ensure_future(

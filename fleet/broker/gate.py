@@ -89,7 +89,6 @@ class Gate:
         self._timeout = settings.connect_timeout.total_seconds()
         self._max_connect = min(settings.max_packet_bytes, MAX_CONNECT_BYTES)
         self._max_packet = settings.max_packet_bytes
-        self._max_queued = settings.max_queued_messages
         self._backend = backend
         self._audit = audit
         self._policy = policy
@@ -125,8 +124,8 @@ class Gate:
     async def _read_connect(self, connection: Connection,
                             reader: asyncio.StreamReader) -> Connect:
         try:
-            raw = await asyncio.wait_for(
-                packets.read_connect(reader, max_bytes=self._max_connect), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                raw = await packets.read_connect(reader, max_bytes=self._max_connect)
             return packets.parse_connect(raw)
         except TimeoutError:
             raise Refused(None, ProtocolError(
@@ -222,7 +221,7 @@ class Gate:
             await self._broker.external_connected(
                 ConnectionReader(reader, connection, replay=connect.raw,
                                  max_packet_bytes=self._max_packet,
-                                 max_backlog=self._max_queued),
+                                 on_publish=self._broker.receive),
                 ConnectionWriter(writer, connection), LISTENER)
         except Exception:
             log.exception("amqtt failed on %s", connection)

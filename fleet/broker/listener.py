@@ -14,6 +14,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from asyncio import sslproto
 from collections.abc import Awaitable, Callable
 
 from fleet.errors import AuthenticationError, FleetError
@@ -25,6 +26,7 @@ _RECORD_HEADER = 5
 _MAX_RECORD = 2**14 + 2048
 _ACCEPT_BATCH = 64
 _POLL = 0.01
+TLS_READ_BUFFER = 2**14 + 2048
 STREAM_BUFFER = 2**14
 """Bytes a connection's stream reader buffers before it pauses reading the socket."""
 
@@ -44,6 +46,7 @@ class TLSListener:
         self._socket: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
+        limit_tls_read_buffer()
 
     @property
     def open_connections(self) -> int:
@@ -132,7 +135,8 @@ class TLSListener:
 
         self._loop.add_reader(fd, ready)
         try:
-            await asyncio.wait_for(readable, self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await readable
         except TimeoutError:
             return f"no TLS ClientHello within {self._timeout:g}s"
         finally:
@@ -159,7 +163,11 @@ class TLSListener:
 
     async def _handshake(self, sock: socket.socket) -> tuple[asyncio.StreamReader,
                                                               asyncio.StreamWriter]:
-        await asyncio.wait_for(self._handshakes.acquire(), self._timeout)
+        if self._handshakes.locked():
+            async with asyncio.timeout(self._timeout):
+                await self._handshakes.acquire()
+        else:
+            await self._handshakes.acquire()
         try:
             reader = asyncio.StreamReader(limit=STREAM_BUFFER)
             protocol = asyncio.StreamReaderProtocol(reader)
@@ -168,6 +176,15 @@ class TLSListener:
             return reader, asyncio.StreamWriter(transport, protocol, reader, self._loop)
         finally:
             self._handshakes.release()
+
+
+def limit_tls_read_buffer() -> None:
+    """asyncio's TLS protocol gives every connection a 256 KiB read buffer (Python 3.11,
+    ``SSLProtocol.max_size``), zero-filled and so resident: ten times what a broker holds per
+    idle client, and a source of heap fragmentation as connections come and go. A TLS record
+    carries at most 16 KiB, so a buffer of one record is enough. This applies to every TLS
+    connection asyncio makes in this process (the EST service in ``fleet up`` too)."""
+    sslproto.SSLProtocol.max_size = min(sslproto.SSLProtocol.max_size, TLS_READ_BUFFER)
 
 
 def _format_peer(address: object) -> str:

@@ -37,7 +37,7 @@ class TopicPolicyPlugin(BaseTopicPlugin):  # type: ignore[misc]
             return False
         try:
             if action is Action.PUBLISH:
-                return connection.grants.may_publish(topic)
+                return connection.may_publish(topic)
             if action is Action.SUBSCRIBE:
                 return connection.grants.may_subscribe(topic)
             if action is Action.RECEIVE:

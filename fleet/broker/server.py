@@ -73,6 +73,9 @@ class RunningServer:
 
 async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
     """Start the broker on *host*:*port* (0 picks a free port)."""
+    quiet = logging.getLogger("amqtt")  # its per-connection chatter, unless configured
+    if quiet.level == logging.NOTSET:
+        quiet.setLevel(logging.ERROR)
     try:
         policy = load_policy(settings.acl_file)
     except PolicyError as exc:
@@ -119,8 +122,6 @@ async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
     """Run the broker in the foreground until SIGINT or SIGTERM."""
-    for noisy in ("amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     asyncio.run(_serve(settings, host=host, port=port))
 
 

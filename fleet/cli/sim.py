@@ -168,7 +168,7 @@ async def _run(fleet: Fleet, scenario: Any, *, est_url: str | None, mqtt_host: s
     from device_sim.environment import Endpoints
     from device_sim.operator import AuthorityOperator
     from device_sim.report import LiveProgress, build_report
-    from device_sim.runner import Run
+    from device_sim.runner import Run, RunError
     from device_sim.services import LocalServices, ServiceError
 
     settings = fleet.settings
@@ -208,7 +208,7 @@ async def _run(fleet: Fleet, scenario: Any, *, est_url: str | None, mqtt_host: s
                 result = await runner.execute()
         else:
             result = await runner.execute()
-    except ValueError as exc:
+    except RunError as exc:
         raise FleetError(str(exc)) from None
     finally:
         if services is not None:

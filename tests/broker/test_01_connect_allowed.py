@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .conftest import Enroll
-from .helpers import Client, Credentials
+from .helpers import (
+    BrokerThread,
+    Client,
+    Credentials,
+    connect_packet,
+    read_connack,
+    subscribe_packet,
+    tls_socket,
+)
 
 
 def test_device_connects_with_its_own_client_id(enroll: Enroll,
@@ -66,3 +74,26 @@ def test_persistent_session_gets_queued_qos1_messages(
     assert (message.topic, message.payload) == (
         "devices/d1/commands/a", b"1")
     assert again.receive(timeout=0.3) is None
+
+
+def test_unacknowledged_qos1_delivery_resent_with_dup_on_resume(
+        enroll: Enroll, issue_service: Callable[[str], Credentials],
+        connect: Callable[..., Client], broker: BrokerThread) -> None:
+    """MQTT-4.4.0-1: a QoS 1 message not acknowledged before the connection ended is sent
+    again, with DUP set, when the persistent session resumes."""
+    sink = issue_service("ingest")
+    with tls_socket(broker.port, sink) as sock:
+        sock.sendall(connect_packet("ingest", flags=0x00))
+        assert read_connack(sock) == 0
+        sock.sendall(subscribe_packet("devices/+/telemetry", qos=1))
+        assert sock.recv(5)[0] == 0x90
+        connect(enroll("d1")).publish("devices/d1/telemetry", b"once", qos=1)
+        first = sock.recv(64)
+        assert first[0] == 0x32  # PUBLISH, QoS 1, not acknowledged
+    with tls_socket(broker.port, sink) as sock:
+        sock.sendall(connect_packet("ingest", flags=0x00))
+        assert sock.recv(4) == bytes((0x20, 0x02, 0x01, 0x00))  # session present
+        again = sock.recv(64)
+        assert again[0] == 0x3A  # the same PUBLISH, now with DUP
+        assert again[1:] == first[1:]
+        sock.sendall(b"\x40\x02" + again[-len(b"once") - 2:-len(b"once")])  # PUBACK

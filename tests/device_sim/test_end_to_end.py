@@ -23,17 +23,17 @@ from device_sim.environment import Endpoints
 from device_sim.operator import AuthorityOperator
 from device_sim.report import build_report
 from device_sim.runner import Run
-from device_sim.scenario import Misbehavior, Scenario
+from device_sim.scenario import Misbehavior, load_scenario
 from device_sim.services import LocalServices
 from fleet.authority import Authority
 from fleet.pki import fingerprint_sha256, load_certificate
 from fleet.registry import make_engine
 from fleet.settings import load_settings
 
-PASSPHRASE = "device-sim-end-to-end"  # noqa: S105 - a test value
 LIFETIME = 12
+SCENARIOS = Path(__file__).resolve().parents[2] / "device_sim" / "scenarios"
 SERVICE_ENV = {
-    "FLEET_CA_PASSPHRASE": PASSPHRASE,
+    "FLEET_CA_PASSPHRASE": "device-sim-end-to-end",
     "FLEET_CERTIFICATES_DEVICE_LIFETIME": f"{LIFETIME}s",
     "FLEET_EST_METRICS_PORT": "0",
 }
@@ -67,9 +67,8 @@ def endpoints(services: LocalServices) -> Endpoints:
 def test_small_fleet_lifecycle(services: LocalServices, fleet_env: dict[str, str]) -> None:
     settings = load_settings(environ=fleet_env)
     engine = make_engine(settings.effective_database_url, pool_size=2)
-    scenario = Scenario(devices=50, duration=30, ramp=25, cert_lifetime=LIFETIME,
-                        telemetry_interval=2, command_interval=5, revoke=2, revoke_at=20,
-                        broker_restart_at=12, misbehaving=0.08, seed=7)
+    scenario = load_scenario(SCENARIOS / "lifecycle.toml")
+    assert scenario.cert_lifetime == LIFETIME
     run = Run(scenario, endpoints=endpoints(services),
               operator=AuthorityOperator(Authority(settings=settings, engine=engine)),
               restart_broker=services.restart_broker)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from device_sim.metrics import MAX_ERRORS_KEPT, Metrics, percentile, spans_cover, summary
+from device_sim.metrics import (
+    MAX_ERRORS_KEPT,
+    MAX_ERRORS_KEPT_PER_KIND,
+    Metrics,
+    percentile,
+    spans_cover,
+    summary,
+)
 
 
 def test_percentile_interpolates_between_closest_ranks() -> None:
@@ -56,9 +63,19 @@ def test_events_are_counted_per_second() -> None:
 def test_errors_are_counted_even_beyond_what_is_kept() -> None:
     metrics = Metrics()
     for i in range(MAX_ERRORS_KEPT + 5):
-        metrics.error(float(i), "unexpected-disconnect", f"d{i}", "lost")
+        metrics.error(float(i), f"kind-{i % 10}", f"d{i}", "lost")
     assert metrics.unexpected_errors == MAX_ERRORS_KEPT + 5
     assert len(metrics.errors) == MAX_ERRORS_KEPT
+
+
+def test_every_kind_of_error_keeps_a_few_examples() -> None:
+    metrics = Metrics()
+    for i in range(MAX_ERRORS_KEPT):
+        metrics.error(float(i), "renewal-failed", f"d{i}", "closed")
+    metrics.error(1.0, "command-lost", "d1", "never arrived")
+    assert sum(1 for e in metrics.errors if e.kind == "renewal-failed") == \
+        MAX_ERRORS_KEPT_PER_KIND
+    assert any(e.kind == "command-lost" for e in metrics.errors)
 
 
 def test_metrics_survive_a_trip_through_plain_data_and_merge() -> None:

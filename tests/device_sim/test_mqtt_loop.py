@@ -150,15 +150,12 @@ def test_handshake_refused_foreign_ca_fleet_broker(run_fleet: RunFleet) -> None:
             loop.start()
             client = LoopClient("victim")
             loop.attach(client)
-            try:
+            with pytest.raises(Exception) as failure:  # noqa: PT011 - classified below
                 await loop.connect(client, host="127.0.0.1", port=fleet.endpoints.mqtt_port,
                                    context=forged, keepalive=30, timeout=TIMEOUT)
-            except Exception as exc:
-                assert classify(exc).outcome in (Outcome.REFUSED, Outcome.CLOSED)
-            else:
-                pytest.fail("a certificate from a foreign CA was admitted")
-            finally:
-                loop.stop()
+            # Python's TLS server does not flush the alert: the client sees a bare close.
+            assert classify(failure.value).outcome in (Outcome.REFUSED, Outcome.CLOSED)
+            loop.stop()
 
     asyncio.run(scenario())
 

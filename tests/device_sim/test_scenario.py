@@ -70,7 +70,7 @@ def test_a_small_share_still_makes_one_misbehaving_device() -> None:
 
 
 def test_scenario_refused_unknown_key(tmp_path: Path) -> None:
-    with pytest.raises(ScenarioError, match="unknown scenario key.*devicez"):
+    with pytest.raises(ScenarioError, match=r"unknown scenario key.*devicez"):
         load_scenario(write(tmp_path, "devicez = 5\n"))
 
 
@@ -127,3 +127,11 @@ def test_as_dict_is_plain_data() -> None:
     data = Scenario(store_dir=Path("/tmp/x"), misbehaving=0.1).as_dict()
     assert data["store_dir"] == "/tmp/x"
     assert data["misbehaviors"] == [m.value for m in Misbehavior]
+
+
+def test_the_shipped_lifecycle_scenario_is_valid() -> None:
+    path = Path(__file__).resolve().parents[2] / "device_sim" / "scenarios" / "lifecycle.toml"
+    scenario = load_scenario(path)
+    assert scenario.devices == 50
+    assert scenario.cert_lifetime == 12.0
+    assert scenario.misbehaving_devices == len(Misbehavior)
