@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from amqtt.adapters import ReaderAdapter, StreamWriterAdapter
@@ -36,7 +37,8 @@ class Connection:
     """A TLS connection whose peer certificate was verified in the handshake."""
 
     __slots__ = (
-        "_keep_alive", "_pending", "_publish", "_receive", "certificate", "client_id",
+        "_keep_alive", "_pending", "_publish", "_receive", "admitted_at", "certificate",
+        "client_id",
         "closing_reason", "dropped", "finished", "grants", "handler", "identity", "last_rx",
         "loop", "outstanding", "peer", "serial", "session", "suppress_will", "transport",
         "unflushed",
@@ -54,6 +56,7 @@ class Connection:
         self.grants: Grants = NOTHING
         self.session: Session | None = None
         self.handler: Any = None  # amqtt's BrokerProtocolHandler, once attached
+        self.admitted_at: datetime | None = None  # when the registry was asked about it
         self.closing_reason: str | None = None
         self.suppress_will = False
         self.last_rx = self.loop.time()

@@ -53,7 +53,7 @@ SENT = PublishPacket()
 when the session resumes (MQTT-3.3.1-1)."""
 
 
-class Inbound(asyncio.Queue[Any]):
+class Inbound:
     """A session's inbound message "queue" that hands each PUBLISH on as it is put.
 
     amqtt's protocol handler puts every received PUBLISH here and the session's message loop
@@ -63,8 +63,9 @@ class Inbound(asyncio.Queue[Any]):
     PUBLISH packets do not even reach amqtt's handler: see ConnectionReader.)
     """
 
+    __slots__ = ("_receive", "_session")
+
     def __init__(self, session: Session, receive: Receive) -> None:
-        super().__init__()
         self._session = session
         self._receive = receive
 
@@ -75,6 +76,19 @@ class Inbound(asyncio.Queue[Any]):
 
     async def put(self, item: Any) -> None:
         self.put_nowait(item)
+
+    async def get(self) -> Any:
+        """Nothing is ever queued: the session's message loop waits here until cancelled."""
+        await asyncio.get_running_loop().create_future()
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def full(self) -> bool:
+        return False
 
 
 class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped

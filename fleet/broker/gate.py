@@ -159,6 +159,7 @@ class Gate:
         if reason is not None:
             raise Refused(packets.IDENTIFIER_REJECTED,
                           IdentityError(reason, device_id=device_id, **context))
+        connection.admitted_at = utcnow()
         try:
             admission = await self._backend.admit(certificate)
         except RegistryUnavailableError as exc:

@@ -26,7 +26,7 @@ _RECORD_HEADER = 5
 _MAX_RECORD = 2**14 + 2048
 _ACCEPT_BATCH = 64
 _POLL = 0.01
-TLS_READ_BUFFER = 2**14 + 2048
+TLS_READ_BUFFER = 4096
 STREAM_BUFFER = 2**14
 """Bytes a connection's stream reader buffers before it pauses reading the socket."""
 
@@ -181,9 +181,10 @@ class TLSListener:
 def limit_tls_read_buffer() -> None:
     """asyncio's TLS protocol gives every connection a 256 KiB read buffer (Python 3.11,
     ``SSLProtocol.max_size``), zero-filled and so resident: ten times what a broker holds per
-    idle client, and a source of heap fragmentation as connections come and go. A TLS record
-    carries at most 16 KiB, so a buffer of one record is enough. This applies to every TLS
-    connection asyncio makes in this process (the EST service in ``fleet up`` too)."""
+    idle client, and a source of heap fragmentation as connections come and go. The buffer
+    only carries bytes from the socket to OpenSSL's input BIO, which reassembles records, so
+    a small one costs nothing but an extra read for large messages. This applies to every
+    TLS connection asyncio makes in this process (the EST service in ``fleet up`` too)."""
     sslproto.SSLProtocol.max_size = min(sslproto.SSLProtocol.max_size, TLS_READ_BUFFER)
 
 

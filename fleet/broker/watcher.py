@@ -8,9 +8,11 @@ sessions are purged so that nothing is resumed later. Reconnects are refused by 
 which asks the registry on every CONNECT; a resumed device is admitted again.
 
 Revocation is final, so its connections are dropped at once. A suspension can be lifted
-before the watcher sees it, and a connection admitted after the resume must survive the late
-event: each connection of a suspended device is asked about again (as at CONNECT) and dropped
-unless the registry admits it now; an unreachable registry drops it too.
+before the watcher sees it; a connection admitted after the resume must survive the late
+event. So a connection admitted before the suspension was recorded is dropped at once, and
+one admitted since is asked about again (as at CONNECT) and dropped unless the registry
+admits it now (an unreachable registry drops it too). A connection still waiting for its
+admission is left to the gate, which reads the device's current state.
 """
 
 from __future__ import annotations
@@ -111,12 +113,23 @@ class RevocationWatcher:
         """Drop what a suspension still applies to, then purge the dropped identity's stored
         sessions once its connections are gone."""
         if event.kind != "revoked":
-            verdicts = await asyncio.gather(*(self._still_admitted(c) for c in targets))
-            targets = [c for c, ok in zip(targets, verdicts, strict=True) if not ok]
-            if not targets and verdicts:
-                return  # resumed before we looked: nothing to drop or purge
+            before: list[Connection] = []
+            since: list[Connection] = []
             for connection in targets:
+                if connection.admitted_at is None:
+                    continue  # the gate has yet to ask the registry; it reads the new state
+                (before if connection.admitted_at < event.created_at else since).append(
+                    connection)
+            for connection in before:
                 self._drop(connection, reason, event.device_id)
+            verdicts = await asyncio.gather(*(self._still_admitted(c) for c in since))
+            for connection, ok in zip(since, verdicts, strict=True):
+                if not ok:
+                    self._drop(connection, reason, event.device_id)
+                    before.append(connection)
+            if not before and since:
+                return  # resumed before we looked: nothing to drop or purge
+            targets = before
         if targets:
             await asyncio.wait({c.finished for c in targets}, timeout=_FINISH_WAIT)
         for client_id, (session, _) in list(self._broker.sessions.items()):

@@ -86,6 +86,19 @@ def test_suspended_device_dropped_then_readmitted_after_resume(
     connect(credentials)
 
 
+def test_suspension_lifted_before_the_poll_still_drops_older_connections(
+        enroll: Enroll, sqlite_authority: Authority, connect: Callable[..., Client]) -> None:
+    """Suspend and resume within one poll interval: the connection made before the
+    suspension is dropped, a connection made after the resume is kept."""
+    credentials = enroll("d1")
+    device = connect(credentials)
+    sqlite_authority.suspend_device(device_id="d1", actor="operator")
+    sqlite_authority.resume_device(device_id="d1", actor="operator")
+    assert dropped_within(device, 1.0) is not None
+    again = connect(credentials)
+    assert dropped_within(again, 0.6) is None
+
+
 def test_revoked_device_will_not_published(enroll: Enroll, sqlite_authority: Authority,
                                            issue_service: Callable[[str], Credentials],
                                            connect: Callable[..., Client]) -> None:
