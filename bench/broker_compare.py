@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import pstats
+import random
 import shutil
 import signal
 import socket
@@ -528,8 +529,14 @@ async def measure_sessions(broker: Broker, fixture: Fixture, levels: Sequence[in
 
 async def measure_revocation(broker: Broker, fixture: Fixture, clients: list[Client],
                              result: Result) -> None:
-    """Revoke devices one by one while their sessions are live; time until each is dropped."""
+    """Revoke devices one by one while their sessions are live; time until each is dropped.
+
+    Each revocation waits a random part of the poll interval first, so that revocations do
+    not all land just after a poll (which a strictly sequential loop would do)."""
+    interval = fixture.settings.revocation_poll_interval.total_seconds()
+    chance = random.Random(7)
     for index in range(min(REVOCATIONS, len(clients))):
+        await asyncio.sleep(chance.uniform(0, interval))
         device = fixture.devices[index]
         await asyncio.to_thread(fixture.authority.revoke_device, device_id=device.name,
                                 reason="keyCompromise", actor="bench")

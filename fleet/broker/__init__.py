@@ -1,3 +1,28 @@
-"""The mTLS MQTT broker: own TLS listener, CONNECT gate, amqtt with Fleet's plugins, and the
-revocation watcher. Entry points: :func:`fleet.broker.server.start` and
-:func:`fleet.broker.server.serve`."""
+"""The mTLS MQTT broker (MQTT 3.1.1): Fleet's own TLS listener and CONNECT gate in front of an
+amqtt broker with Fleet's plugins, and a revocation watcher.
+
+    listener.TLSListener     accept, cap connections, wait for a whole ClientHello, then
+        |                    handshake (CERT_REQUIRED, fleet CA) under a semaphore
+    gate.Gate                read the first packet itself: CONNECT checks, registry admission,
+        |                    will policy; refuse with CONNACK, or replay the CONNECT into amqtt
+    engine.FleetBroker       amqtt, with sessions bound to the live connection, the topic
+                             policy (plugins.py) on publish, subscribe and every delivery
+    watcher.RevocationWatcher  poll revocation events; drop and purge what they name
+
+Entry points: :func:`fleet.broker.server.start` and :func:`fleet.broker.server.serve`.
+
+Decisions worth knowing:
+
+- CONNACK 0x02 (identifier rejected) when the client id does not match the certificate, or
+  is held by a session of another identity; 0x05 (not authorized) for a certificate unknown
+  to the registry or revoked, a suspended or revoked device, or a will outside the publish
+  policy; 0x03 when the registry is unreachable; 0x01 for MQTT 3.1 and 5.
+- A service's client id is its name, or its name followed by one of ``-_.:/@`` and more.
+- A PUBLISH outside the identity's topics is dropped and audited; the client stays connected
+  (as with Mosquitto: MQTT 3.1.1 cannot tell it why, and a disconnect would only start a
+  reconnect loop). A PUBLISH to an invalid topic name closes the connection.
+- A client that falls ``max_queued_messages`` behind loses messages; it is not disconnected.
+- Revoked or suspended identities are dropped without their will; a keep-alive timeout or an
+  expired certificate publishes it, as any abnormal disconnect does.
+- Stored sessions do not expire on their own; revocation and suspension purge them.
+"""

@@ -17,6 +17,7 @@ from amqtt.adapters import ReaderAdapter, StreamWriterAdapter
 from cryptography import x509
 
 from fleet.acl import NOTHING, Grants
+from fleet.broker.tls import peer_certificate
 from fleet.pki import Identity
 
 if TYPE_CHECKING:
@@ -37,20 +38,18 @@ class Connection:
     """A TLS connection whose peer certificate was verified in the handshake."""
 
     __slots__ = (
-        "_keep_alive", "_pending", "_publish", "_receive", "admitted_at", "certificate",
-        "client_id",
+        "_keep_alive", "_pending", "_publish", "_receive", "admitted_at", "client_id",
         "closing_reason", "dropped", "finished", "grants", "handler", "identity", "last_rx",
         "loop", "outstanding", "peer", "serial", "session", "suppress_will", "transport",
         "unflushed",
     )
 
-    def __init__(self, *, transport: asyncio.WriteTransport, certificate: x509.Certificate,
+    def __init__(self, *, transport: asyncio.WriteTransport, serial: str,
                  identity: Identity | None, peer: str) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport = transport
-        self.certificate = certificate
         self.identity = identity
-        self.serial = format(certificate.serial_number, "x")
+        self.serial = serial
         self.peer = peer
         self.client_id: str | None = None
         self.grants: Grants = NOTHING
@@ -71,6 +70,10 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"Connection({self.identity}, client_id={self.client_id!r}, peer={self.peer})"
+
+    def certificate(self) -> x509.Certificate:
+        """The certificate the peer presented on this connection (parsed again: not kept)."""
+        return peer_certificate(self.transport.get_extra_info("ssl_object"))
 
     @property
     def closing(self) -> bool:

@@ -27,7 +27,7 @@ from cryptography import x509
 
 from fleet import pki
 from fleet.acl import Grants, Policy
-from fleet.authority import Admission
+from fleet.authority import Admission, serial_hex
 from fleet.broker import packets
 from fleet.broker.backend import Audit, Backend
 from fleet.broker.connection import (
@@ -104,8 +104,9 @@ class Gate:
             identity = pki.identity_from_certificate(certificate, self._trust_domain)
         except IdentityError as exc:
             problem = exc
-        connection = Connection(transport=writer.transport, certificate=certificate,
-                                identity=identity, peer=_peer(writer))
+        connection = Connection(transport=writer.transport, identity=identity,
+                                serial=serial_hex(certificate.serial_number),
+                                peer=_peer(writer))
         # Indexed before the registry is asked, so a revocation that lands while the
         # admission is in flight still finds (and drops) this connection.
         self._connections.add(connection)

@@ -103,8 +103,8 @@ class RevocationWatcher:
 
     async def _still_admitted(self, connection: Connection) -> bool:
         try:
-            await self._backend.admit(connection.certificate)
-        except FleetError:
+            await self._backend.admit(connection.certificate())
+        except (FleetError, OSError):  # OSError: the connection is already gone
             return False
         return True
 
