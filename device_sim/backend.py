@@ -181,9 +181,4 @@ class Backend:
             env.metrics.count("backend_other_received")
 
     async def close(self) -> None:
-        if self.client.is_open:
-            closed = self.client.closed
-            self.client.close_gracefully()
-            if closed is not None:
-                await asyncio.wait((closed,), timeout=2)
-        self.env.mqtt.detach(self.client)
+        await self.env.mqtt.close(self.client)

@@ -570,9 +570,4 @@ class Device:
     async def close(self) -> None:
         """At the end of the run: DISCONNECT (the session stays at the broker)."""
         self._stop_telemetry()
-        if self.client.is_open:
-            closed = self.client.closed
-            self.client.close_gracefully()
-            if closed is not None:
-                await asyncio.wait((closed,), timeout=2)
-        self.env.mqtt.detach(self.client)
+        await self.env.mqtt.close(self.client)

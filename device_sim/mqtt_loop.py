@@ -178,6 +178,15 @@ class MqttLoop:
     def detach(self, client: LoopClient) -> None:
         self._clients.discard(client)
 
+    async def close(self, client: LoopClient, *, timeout: float = 2) -> None:
+        """DISCONNECT and wait (bounded) for the close, then stop driving the client."""
+        if client.is_open:
+            closed = client.closed
+            client.close_gracefully()
+            if closed is not None:
+                await asyncio.wait((closed,), timeout=timeout)
+        self.detach(client)
+
     async def connect(self, client: LoopClient, *, host: str, port: int,
                       context: ssl.SSLContext, keepalive: int, timeout: float) -> bool:
         """Open TLS, send CONNECT and wait for the CONNACK; returns "session present".

@@ -14,7 +14,6 @@ from fleet.errors import IdentityError
 DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 """A device id is safe as a single MQTT topic level and as a URI path segment."""
 
-SERVICE_NAME_PATTERN = DEVICE_ID_PATTERN
 TRUST_DOMAIN_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$")
 
 Kind = Literal["device", "service"]
@@ -34,36 +33,29 @@ class Identity:
         return f"{self.kind}/{self.name}"
 
 
+def _check_name(value: str, what: str, **context: object) -> str:
+    if not isinstance(value, str) or not DEVICE_ID_PATTERN.fullmatch(value):
+        raise IdentityError(
+            f"invalid {what} {value!r}: use 1-64 characters of A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit",
+            **context,
+        )
+    return value
+
+
 def check_device_id(device_id: str) -> str:
     """Return *device_id* unchanged if it is a valid device id, else raise IdentityError."""
-    if not isinstance(device_id, str) or not DEVICE_ID_PATTERN.fullmatch(device_id):
-        raise IdentityError(
-            f"invalid device id {device_id!r}: use 1-64 characters of A-Z a-z 0-9 . _ -, "
-            "starting with a letter or digit",
-            device_id=device_id,
-        )
-    return device_id
+    return _check_name(device_id, "device id", device_id=device_id)
 
 
 def check_service_name(name: str) -> str:
     """Return *name* unchanged if it is a valid service name, else raise IdentityError."""
-    if not isinstance(name, str) or not SERVICE_NAME_PATTERN.fullmatch(name):
-        raise IdentityError(
-            f"invalid service name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ -",
-            service=name,
-        )
-    return name
+    return _check_name(name, "service name", service=name)
 
 
 def check_group_name(group: str) -> str:
     """Return *group* unchanged if it is a valid group name (the device id rule), else raise."""
-    if not isinstance(group, str) or not DEVICE_ID_PATTERN.fullmatch(group):
-        raise IdentityError(
-            f"invalid group {group!r}: use 1-64 characters of A-Z a-z 0-9 . _ -, "
-            "starting with a letter or digit",
-            group=group,
-        )
-    return group
+    return _check_name(group, "group", group=group)
 
 
 def device(device_id: str) -> Identity:
