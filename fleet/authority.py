@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from fleet import pki
-from fleet.ca import CA, load_ca
+from fleet.ca import CA, Trust, load_ca
 from fleet.errors import (
     CertificateNotActiveError,
     ConflictError,
@@ -102,11 +102,14 @@ class Authority:
 
     def __init__(
         self, *, settings: Settings, engine: Engine, ca: CA | None = None,
-        clock: Callable[[], datetime] = utcnow,
+        trust: Trust | None = None, clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        """*ca* signs (loaded and unlocked on first use when not given); *trust* alone is
+        enough for an Authority that only verifies, such as the broker's."""
         self.settings = settings
         self.engine = engine
         self._ca = ca
+        self._trust = trust or ca
         self.clock = clock
         self._crl_lock = threading.Lock()
         self._crl_cache: tuple[int, datetime, x509.CertificateRevocationList] | None = None
@@ -116,6 +119,10 @@ class Authority:
         if self._ca is None:
             self._ca = load_ca(self.settings)
         return self._ca
+
+    @property
+    def trust(self) -> Trust:
+        return self._trust or self.ca
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -346,7 +353,7 @@ class Authority:
         serial = serial_hex(client_certificate.serial_number)
         with self._audited("reenroll", actor=actor, serial=serial) as session:
             now = self.clock()
-            verdict = pki.verify_leaf(client_certificate, issuer=self.ca.issuing,
+            verdict = pki.verify_leaf(client_certificate, issuer=self.trust.issuing,
                                       trust_domain=self.settings.trust_domain, now=now)
             if not verdict.ok or verdict.identity is None:
                 raise CertificateNotActiveError(f"client certificate refused: {verdict.detail}",
@@ -398,28 +405,39 @@ class Authority:
 
     # -- broker admission -------------------------------------------------------------------
 
-    def admit(self, *, certificate: x509.Certificate) -> Admission:
-        """May this (TLS-verified) certificate be on the broker right now?"""
+    def admit(self, *, certificate: x509.Certificate, chain_verified: bool = False) -> Admission:
+        """May this certificate be on the broker right now?
+
+        *chain_verified*: the TLS handshake already checked the signature chain to the fleet
+        CA, so it is not verified again; the registry must still know this exact certificate.
+        """
         now = self.clock()
-        verdict = pki.verify_leaf(certificate, issuer=self.ca.issuing,
-                                  trust_domain=self.settings.trust_domain, now=now)
+        verdict = pki.verify_leaf(certificate, issuer=self.trust.issuing,
+                                  trust_domain=self.settings.trust_domain, now=now,
+                                  signature_verified=chain_verified)
         serial = serial_hex(certificate.serial_number)
         if not verdict.ok or verdict.identity is None:
             raise CertificateNotActiveError(verdict.detail, serial=serial,
                                             verdict=verdict.reason.value)
         identity = verdict.identity
         with unavailable_as_error(), new_session(self.engine) as session:
-            record = self._live_record(session, certificate, identity)
-            group = None
-            if identity.kind == "device":
-                device = devices_db.get_device(session=session, device_id=identity.name)
-                if device is None or device.status != DeviceStatus.ACTIVE:
-                    status = device.status if device else "unknown"
-                    raise DeviceNotActiveError(f"device {identity.name} is {status}",
-                                               device_id=identity.name, serial=serial)
-                group = device.group
-        return Admission(identity=identity, group=group, serial=serial,
-                         not_after=record.not_after)
+            facts = certs_db.admission_facts(session=session, serial=serial)
+        if facts is None or facts.fingerprint_sha256 != pki.fingerprint_sha256(certificate):
+            raise CertificateNotActiveError(f"certificate {serial} is not in the registry",
+                                            serial=serial, device_id=identity.name)
+        if facts.status == CertificateStatus.REVOKED:
+            raise CertificateNotActiveError(f"certificate {serial} is revoked",
+                                            serial=serial, device_id=identity.name)
+        if identity.kind == "device" and (facts.device_id != identity.name
+                                          or facts.device_status != DeviceStatus.ACTIVE):
+            status = facts.device_status or "unknown"
+            raise DeviceNotActiveError(f"device {identity.name} is {status}",
+                                       device_id=identity.name, serial=serial)
+        if identity.kind == "service" and facts.service != identity.name:
+            raise CertificateNotActiveError(f"certificate {serial} is not {identity}'s",
+                                            serial=serial)
+        return Admission(identity=identity, group=facts.device_group, serial=serial,
+                         not_after=facts.not_after)
 
     def revocations_after(self, after_id: int, *, limit: int = 1000) -> Sequence[RevocationEvent]:
         with unavailable_as_error(), new_session(self.engine) as session:

@@ -41,12 +41,11 @@ PASSPHRASE_ENV = "FLEET_CA_PASSPHRASE"  # noqa: S105 - the variable name, not a 
 
 
 @dataclass(frozen=True, slots=True)
-class CA:
-    """The loaded, unlocked issuing CA and the root it chains to."""
+class Trust:
+    """The fleet CA certificates alone: enough to verify, never to sign."""
 
     root: x509.Certificate
     issuing: x509.Certificate
-    issuing_key: PrivateKey
 
     @property
     def chain(self) -> tuple[x509.Certificate, ...]:
@@ -54,6 +53,13 @@ class CA:
 
     def chain_pem(self) -> str:
         return "".join(certificate_pem(c) for c in self.chain)
+
+
+@dataclass(frozen=True, slots=True)
+class CA(Trust):
+    """The loaded, unlocked issuing CA and the root it chains to."""
+
+    issuing_key: PrivateKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +164,14 @@ def _store(settings: Settings, ca: CA, passphrase: bytes, *, root_key: PrivateKe
     write_public(paths.root, certificate_pem(ca.root).encode())
     write_public(paths.issuing, certificate_pem(ca.issuing).encode())
     write_public(paths.chain, ca.chain_pem().encode())
+
+
+def load_trust(settings: Settings) -> Trust:
+    """The root and issuing certificates, without unlocking the CA key."""
+    paths = Paths.of(settings)
+    if not paths.issuing.exists() or not paths.root.exists():
+        raise CAError(f"no CA in {settings.ca_dir}: run `fleet init` first")
+    return Trust(root=_read_certificate(paths.root), issuing=_read_certificate(paths.issuing))
 
 
 def load_ca(settings: Settings) -> CA:

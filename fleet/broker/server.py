@@ -18,8 +18,9 @@ from fleet.broker.connection import Connection, Connections
 from fleet.broker.engine import FleetBroker
 from fleet.broker.gate import LISTENER, Gate
 from fleet.broker.listener import TLSListener
-from fleet.broker.tls import server_context, verification_ca
+from fleet.broker.tls import server_context
 from fleet.broker.watcher import RevocationWatcher
+from fleet.ca import load_trust
 from fleet.errors import ConfigError, FleetError, ForbiddenError
 from fleet.registry import make_engine, migrate
 from fleet.settings import Settings
@@ -83,7 +84,7 @@ async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
     context = server_context(settings)
     engine = make_engine(settings.effective_database_url)
     await asyncio.to_thread(migrate, engine)
-    authority = Authority(settings=settings, engine=engine, ca=verification_ca(settings))
+    authority = Authority(settings=settings, engine=engine, trust=load_trust(settings))
     backend = Backend(authority)
     audit = Audit(backend, per_minute=settings.audit_refusals_per_minute)
     connections = Connections()

@@ -6,7 +6,7 @@ import ssl
 
 from cryptography import x509
 
-from fleet.ca import CA, Paths
+from fleet.ca import Paths
 from fleet.errors import CAError
 from fleet.settings import Settings
 
@@ -29,18 +29,6 @@ def server_context(settings: Settings) -> ssl.SSLContext:
         raise CAError(f"cannot load the broker's TLS material from {settings.data_dir}: {exc}; "
                       "run `fleet init` first") from exc
     return context
-
-
-def verification_ca(settings: Settings) -> CA:
-    """The fleet CA certificates without the CA key: the broker verifies, it never signs."""
-    paths = Paths.of(settings)
-    try:
-        issuing = x509.load_pem_x509_certificate(paths.issuing.read_bytes())
-        root = x509.load_pem_x509_certificate(paths.root.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise CAError(f"no usable CA certificates in {settings.ca_dir}: {exc}; "
-                      "run `fleet init` first") from exc
-    return CA(root=root, issuing=issuing, issuing_key=None)  # type: ignore[arg-type]
 
 
 def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> x509.Certificate:

@@ -56,8 +56,14 @@ def verify_leaf(
     now: datetime,
     revoked_serials: Collection[int] = (),
     expected: Identity | None = None,
+    signature_verified: bool = False,
 ) -> Verdict:
-    """Check issuer, signature, validity, revocation, clientAuth usage and identity in turn."""
+    """Check issuer, signature, validity, revocation, clientAuth usage and identity in turn.
+
+    With *signature_verified* the caller vouches that the TLS handshake has already checked
+    the chain to *issuer* (the broker's CERT_REQUIRED listener): the signature is not
+    verified a second time; everything else still is.
+    """
     try:
         cert = data if isinstance(data, x509.Certificate) else load_certificate(data)
     except ValueError as exc:
@@ -67,7 +73,8 @@ def verify_leaf(
         return Verdict(Reason.UNKNOWN_ISSUER, f"issued by {cert.issuer.rfc4514_string()}, "
                        f"not by {issuer.subject.rfc4514_string()}")
     try:
-        cert.verify_directly_issued_by(issuer)
+        if not signature_verified:
+            cert.verify_directly_issued_by(issuer)
     except (InvalidSignature, ValueError, TypeError) as exc:
         return Verdict(Reason.UNKNOWN_ISSUER, f"signature does not verify with the fleet CA: "
                        f"{exc or 'invalid signature'}")

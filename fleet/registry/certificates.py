@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, insert
+from sqlalchemy import Row, bindparam, insert
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select, update
 
 from fleet.registry.engine import execute
-from fleet.registry.models import Certificate, CertificateStatus
+from fleet.registry.models import Certificate, CertificateStatus, Device
 
 _TABLE = Certificate.__table__  # type: ignore[attr-defined]
 _SELECT = sa_select(_TABLE).where(_TABLE.c.serial == bindparam("serial"))
@@ -21,6 +22,23 @@ def get_certificate(*, session: Session, serial: str) -> Certificate | None:
     """The certificate row (detached)."""
     row = execute(session, _SELECT, serial=serial).mappings().first()
     return Certificate(**row) if row else None
+
+
+_DEVICES = Device.__table__  # type: ignore[attr-defined]
+_ADMISSION = (
+    sa_select(_TABLE.c.fingerprint_sha256, _TABLE.c.status, _TABLE.c.not_after,
+              _TABLE.c.device_id, _TABLE.c.service,
+              _DEVICES.c.status.label("device_status"), _DEVICES.c.group.label("device_group"))
+    .select_from(_TABLE.outerjoin(_DEVICES, _DEVICES.c.id == _TABLE.c.device_id))
+    .where(_TABLE.c.serial == bindparam("serial"))
+)
+
+
+def admission_facts(*, session: Session, serial: str) -> Row[Any] | None:
+    """What broker admission decides on, in one query: the certificate row and its device's
+    status and group (fingerprint_sha256, status, not_after, device_id, service,
+    device_status, device_group)."""
+    return execute(session, _ADMISSION, serial=serial).first()
 
 
 def add_certificate(*, session: Session, certificate: Certificate) -> Certificate:

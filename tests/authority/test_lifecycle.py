@@ -7,9 +7,12 @@ from datetime import timedelta
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from pki.x509_factory import cached_key, make_ca
 
+from fleet.authority import Authority
+from fleet.ca import load_trust
 from fleet.errors import (
     CertificateNotActiveError,
     ConflictError,
@@ -278,3 +281,31 @@ def test_admit_refused_foreign_ca(fleet: Fleet) -> None:
     foreign = make_ca(now=fleet.clock.now, name="Fleet").issue("dev-1", now=fleet.clock.now)
     with pytest.raises(CertificateNotActiveError):
         fleet.authority.admit(certificate=foreign)
+
+
+def test_admit_chain_verified_refused_certificate_not_in_registry(fleet: Fleet) -> None:
+    """Skipping the signature check (TLS did it) still requires this exact certificate."""
+    issued = fleet.enroll("dev-1").certificate
+    forger = make_ca(now=fleet.clock.now, name="Forger")
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(issued.subject).issuer_name(issued.issuer)
+        .public_key(cached_key("p256").public_key()).serial_number(issued.serial_number)
+        .not_valid_before(issued.not_valid_before_utc)
+        .not_valid_after(issued.not_valid_after_utc)
+    )
+    for extension in issued.extensions:
+        if not isinstance(extension.value, x509.AuthorityKeyIdentifier | x509.SubjectKeyIdentifier):
+            forged = forged.add_extension(extension.value, critical=extension.critical)
+    forged_cert = forged.sign(forger.issuing_key, hashes.SHA256())
+    with pytest.raises(CertificateNotActiveError, match="not in the registry"):
+        fleet.authority.admit(certificate=forged_cert, chain_verified=True)
+    with pytest.raises(CertificateNotActiveError, match="signature"):
+        fleet.authority.admit(certificate=forged_cert)
+
+
+def test_admit_with_trust_only_needs_no_ca_key(fleet: Fleet) -> None:
+    cert = fleet.enroll("dev-1").certificate
+    verifier = Authority(settings=fleet.authority.settings, engine=fleet.authority.engine,
+                         trust=load_trust(fleet.authority.settings))
+    assert verifier.admit(certificate=cert, chain_verified=True).identity.name == "dev-1"
