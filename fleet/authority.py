@@ -393,14 +393,10 @@ class Authority:
 
     def _live_record(self, session: Session, cert: x509.Certificate,
                      identity: Identity) -> Certificate:
-        serial = serial_hex(cert.serial_number)
-        record = certs_db.get_certificate(session=session, serial=serial)
-        if record is None or record.fingerprint_sha256 != pki.fingerprint_sha256(cert):
-            raise CertificateNotActiveError(f"certificate {serial} is not in the registry",
-                                            serial=serial, device_id=identity.name)
-        if record.status == CertificateStatus.REVOKED:
-            raise CertificateNotActiveError(f"certificate {serial} is revoked",
-                                            serial=serial, device_id=identity.name)
+        record = certs_db.get_certificate(session=session, serial=serial_hex(cert.serial_number))
+        _require_registered(cert, identity, record.fingerprint_sha256 if record else None,
+                            record.status if record else None)
+        assert record is not None
         return record
 
     # -- broker admission -------------------------------------------------------------------
@@ -422,12 +418,9 @@ class Authority:
         identity = verdict.identity
         with unavailable_as_error(), new_session(self.engine) as session:
             facts = certs_db.admission_facts(session=session, serial=serial)
-        if facts is None or facts.fingerprint_sha256 != pki.fingerprint_sha256(certificate):
-            raise CertificateNotActiveError(f"certificate {serial} is not in the registry",
-                                            serial=serial, device_id=identity.name)
-        if facts.status == CertificateStatus.REVOKED:
-            raise CertificateNotActiveError(f"certificate {serial} is revoked",
-                                            serial=serial, device_id=identity.name)
+        _require_registered(certificate, identity, facts.fingerprint_sha256 if facts else None,
+                            facts.status if facts else None)
+        assert facts is not None
         if identity.kind == "device" and (facts.device_id != identity.name
                                           or facts.device_status != DeviceStatus.ACTIVE):
             status = facts.device_status or "unknown"
@@ -578,6 +571,18 @@ def _already_registered(device_id: str) -> ForbiddenError:
     return ForbiddenError(
         f"device {device_id} is already registered; renew with its certificate "
         "(simplereenroll) or use a token bound to it", device_id=device_id)
+
+
+def _require_registered(cert: x509.Certificate, identity: Identity, fingerprint: str | None,
+                        status: str | None) -> None:
+    """This exact certificate (by fingerprint) is in the registry and not revoked."""
+    serial = serial_hex(cert.serial_number)
+    if fingerprint is None or fingerprint != pki.fingerprint_sha256(cert):
+        raise CertificateNotActiveError(f"certificate {serial} is not in the registry",
+                                        serial=serial, device_id=identity.name)
+    if status == CertificateStatus.REVOKED:
+        raise CertificateNotActiveError(f"certificate {serial} is revoked",
+                                        serial=serial, device_id=identity.name)
 
 
 def _require_enrollable(device: Device) -> None:
