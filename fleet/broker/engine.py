@@ -1,6 +1,6 @@
 """amqtt's Broker with the session binding, delivery checks and bounds Fleet needs.
 
-What changes against stock amqtt 0.12.1 (see shared/notes/amqtt-0.12.1.md):
+What changes against stock amqtt 0.12.1 (S1-S7 are listed in docs/broker-security.md):
 
 - every session is bound to the live connection that passed the CONNECT gate; a session can
   only be created or resumed by a connection whose certificate identity equals its client id
