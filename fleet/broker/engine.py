@@ -14,6 +14,11 @@ What changes against stock amqtt 0.12.1 (S1-S7 are listed in docs/broker-securit
 - QoS 0 and 1 PUBLISH and PUBACK packets take a short path (ConnectionReader parses them and
   calls :meth:`FleetBroker.receive`; QoS 1 deliveries are written here and tracked in the
   session's ``inflight_out``), everything else goes through amqtt's protocol handler;
+- a QoS 1 delivery stays in ``inflight_out`` until its PUBACK arrives, across connections:
+  when a persistent session resumes it is sent again, DUP set and with the same packet
+  identifier, before anything new (MQTT-4.4.0-1); amqtt's own retry, which gives up after
+  5 s or when the connection ends, is left only the QoS 2 flows; messages queued for an
+  offline session are delivered the same way, not retained;
 - topic checks call the policy plugin directly instead of through a task per plugin;
 - sessions keep their state without a ``transitions`` machine each (fleet.broker.session).
 """
@@ -21,6 +26,7 @@ What changes against stock amqtt 0.12.1 (S1-S7 are listed in docs/broker-securit
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -49,8 +55,7 @@ Denied = Callable[[Connection | None, Action, str], None]
 Receive = Callable[[Session, str, bytes, int, bool], None]
 
 SENT = PublishPacket()
-"""Marks an in-flight QoS 1 message as already sent, so that amqtt re-sends it with DUP set
-when the session resumes (MQTT-3.3.1-1)."""
+"""Marks an in-flight QoS 1 message as written by :meth:`FleetBroker._deliver`."""
 
 
 class Inbound:
@@ -148,8 +153,11 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         else:
             client_session.transitions.connect()
         handler.attach(client_session, reader, writer)
+        handler._retry_deliveries = functools.partial(_retry_qos2, handler)
         if isinstance(writer, ConnectionWriter):
             writer.connection.handler = handler
+            if authenticated:  # queued now, written right after the CONNACK
+                self._resend_inflight(client_session, writer.connection)
         self._sessions[client_id] = (client_session, handler)
         await handler.mqtt_connack_authorize(authenticated)
         if not authenticated:
@@ -165,8 +173,35 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         await self._client_message_loop(client_session, handler)
 
     async def purge_session(self, client_id: str) -> None:
-        """Forget a session entirely: subscriptions, queued messages, state."""
+        """Forget a session entirely: subscriptions, queued and in-flight messages, state."""
+        stored = self._sessions.get(client_id)
         await self._cleanup_session(client_id)
+        if stored is not None:
+            stored[0].inflight_out.clear()
+
+    def _resend_inflight(self, session: Session, connection: Connection) -> None:
+        """Send the unacknowledged QoS 1 deliveries again, in order, DUP set (MQTT-4.4.0-1)."""
+        for packet_id, message in list(session.inflight_out.items()):
+            if message.publish_packet is not SENT:
+                continue  # a QoS 2 flow: amqtt's handler retries it
+            if not connection.may_receive(message.topic):
+                del session.inflight_out[packet_id]
+                continue
+            connection.write(packets.publish(message.topic, message.data, qos=1,
+                                             packet_id=packet_id, retain=message.retain,
+                                             dup=True))
+
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        """Messages queued while the session was offline, delivered like live ones."""
+        pending = []
+        while not session.retained_messages.empty():
+            queued = session.retained_messages.get_nowait()
+            task = self._deliver(session, queued.topic, queued.data, queued.qos or 0,
+                                 retain=False)
+            if task is not None:
+                pending.append(task)
+        if pending:
+            await asyncio.wait(pending)
 
     # -- subscriptions -------------------------------------------------------------------
 
@@ -282,8 +317,8 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             return None
         if target.transitions.state != "connected":
             # MQTT-3.1.2-5: kept for a disconnected persistent session, QoS 1 and 2 only.
-            if not target.clean_session and qos > 0 \
-                    and target.retained_messages.qsize() < self._max_queued:
+            if not target.clean_session and qos > 0 and len(target.inflight_out) \
+                    + target.retained_messages.qsize() < self._max_queued:
                 target.retained_messages.put_nowait(
                     RetainedApplicationMessage(None, topic, data, qos))
             return None
@@ -322,6 +357,17 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         ]
         if pending:
             await asyncio.wait(pending)
+
+
+async def _retry_qos2(handler: BrokerProtocolHandler) -> None:
+    """amqtt's resend on resume (MQTT-4.4.0-1) for the QoS 2 flows its handler runs."""
+    session = handler.session
+    flows = [message for message in (*session.inflight_in.values(),
+                                     *session.inflight_out.values())
+             if message.publish_packet is not SENT]
+    if flows:
+        await asyncio.wait([asyncio.ensure_future(
+            asyncio.wait_for(handler._handle_message_flow(message), 10)) for message in flows])
 
 
 def _acknowledged(connection: Connection, task: asyncio.Future[Any]) -> None:
