@@ -32,6 +32,20 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _free_port_pair() -> int:
+    """A port P such that P and P + 1 are both free (worker i serves metrics on P + i)."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            base = int(first.getsockname()[1])
+            try:
+                second.bind(("127.0.0.1", base + 1))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError("no two consecutive free ports on 127.0.0.1")
+
+
 def _settings(data_dir: Path, **env: str) -> Settings:
     return load_settings(environ={"FLEET_DATA_DIR": str(data_dir),
                                   "FLEET_EST_METRICS_PORT": "0", **env})
@@ -146,7 +160,7 @@ def test_serve_one_worker_enrolls_renews_and_stops_on_sigterm(est: Est) -> None:
 
 @pytest.mark.slow
 def test_serve_two_workers_share_one_port(est: Est) -> None:
-    base = _free_port()
+    base = _free_port_pair()
     served = Served(est.settings.data_dir, workers=2, FLEET_EST_METRICS_PORT=str(base))
     try:
         client = dataclasses.replace(est, port=served.port)
