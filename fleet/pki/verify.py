@@ -41,7 +41,13 @@ class Verdict:
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
-    """Load a PEM or DER certificate; raises ValueError when it is neither."""
+    """Load a PEM or DER certificate; raises ValueError when it is neither.
+
+    DER is read from the raw bytes: it can end in a byte that is ASCII whitespace
+    (0x09-0x0d, 0x20), which stripping would cut off.
+    """
+    if data[:1] == b"\x30":
+        return x509.load_der_x509_certificate(data)
     stripped = data.strip()
     if stripped.startswith(b"-----BEGIN"):
         return x509.load_pem_x509_certificate(stripped)

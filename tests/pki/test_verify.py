@@ -206,3 +206,16 @@ def test_fingerprint_and_pem_helpers() -> None:
     assert pki.load_certificate(der(GOOD)) == GOOD
     with pytest.raises(ValueError, match=r"asn1|parse"):
         pki.load_certificate(b"nope")
+
+
+def test_der_ending_in_a_whitespace_byte_is_loaded_whole() -> None:
+    # The last byte of a DER certificate is signature data; any of 0x09-0x0d and 0x20 occurs.
+    for i in range(5000):
+        cert = CA.issue(f"dev-{i}", now=NOW)
+        data = der(cert)
+        if data[-1:].isspace():
+            break
+    else:
+        pytest.fail("no certificate ending in a whitespace byte in 5000 tries")
+    assert pki.load_certificate(data) == cert
+    assert verify(data).ok
