@@ -58,6 +58,24 @@ def test_qos_is_the_minimum_of_publish_and_subscription(
     assert message.qos == 0
 
 
+def test_repeated_subscribe_replaces_the_subscription_qos(
+        enroll: Enroll, issue_service: Callable[[str], Credentials],
+        connect: Callable[..., Client], broker: BrokerThread) -> None:
+    # MQTT-3.8.4-3: an identical filter replaces the existing subscription, QoS included.
+    sink = connect(issue_service("ingest"))
+    assert sink.subscribe("devices/+/telemetry", qos=0) == [0]
+    assert sink.subscribe("devices/+/telemetry", qos=1) == [1]
+    device = connect(enroll("d1"))
+    device.publish("devices/d1/telemetry", b"x", qos=1)
+    message = sink.receive()
+    assert message is not None
+    assert message.qos == 1
+    assert sink.receive(timeout=0.3) is None  # one subscription, one copy
+    server = broker.server
+    assert server is not None
+    assert broker.run(lambda: len(server.broker.subscriptions["devices/+/telemetry"])) == 1
+
+
 def test_persistent_session_gets_queued_qos1_messages(
         enroll: Enroll, issue_service: Callable[[str], Credentials],
         connect: Callable[..., Client]) -> None:
