@@ -38,10 +38,10 @@ class Connection:
     """A TLS connection whose peer certificate was verified in the handshake."""
 
     __slots__ = (
-        "_keep_alive", "_pending", "_publish", "_receive", "admitted_at", "client_id",
-        "closing_reason", "dropped", "finished", "grants", "handler", "identity", "last_rx",
-        "loop", "outstanding", "peer", "serial", "session", "suppress_will", "transport",
-        "unflushed",
+        "_acknowledged", "_keep_alive", "_pending", "_publish", "_receive", "admitted_at",
+        "client_id", "closing_reason", "dropped", "finished", "grants", "handler", "identity",
+        "last_rx", "loop", "outstanding", "peer", "serial", "session", "suppress_will",
+        "transport", "unflushed",
     )
 
     def __init__(self, *, transport: asyncio.WriteTransport, serial: str,
@@ -66,6 +66,7 @@ class Connection:
         self._receive: dict[str, bool] = {}
         self._publish: dict[str, bool] = {}
         self._pending: list[bytes] = []
+        self._acknowledged = False  # CONNACK sent: queued packets may leave
         self._keep_alive: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
@@ -130,10 +131,21 @@ class Connection:
         return True
 
     def write(self, packet: bytes) -> None:
-        """Queue *packet*; everything queued in one event-loop turn leaves in one write."""
-        if not self._pending:
+        """Queue *packet*; everything queued in one event-loop turn leaves in one write.
+
+        Until :meth:`acknowledged` is called, packets are held: nothing may reach a client
+        before its CONNACK (MQTT-3.2.0-1), even when messages are routed to the session it
+        resumes while the CONNACK is still being prepared.
+        """
+        if not self._pending and self._acknowledged:
             self.loop.call_soon(self._flush)
         self._pending.append(packet)
+
+    def acknowledged(self) -> None:
+        """The CONNACK has been written: let the held packets go."""
+        self._acknowledged = True
+        if self._pending:
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []

@@ -158,16 +158,19 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             client_session.transitions.connect()
         handler.attach(client_session, reader, writer)
         handler._retry_deliveries = functools.partial(_retry_qos2, handler)
-        if isinstance(writer, ConnectionWriter):
-            writer.connection.handler = handler
+        connection = writer.connection if isinstance(writer, ConnectionWriter) else None
+        if connection is not None:
+            connection.handler = handler
             if authenticated:  # queued now, written right after the CONNACK
-                self._resend_inflight(client_session, writer.connection)
+                self._resend_inflight(client_session, connection)
         self._sessions[client_id] = (client_session, handler)
         await handler.mqtt_connack_authorize(authenticated)
         if not authenticated:
             client_session.transitions.disconnect()
             await writer.close()
             return
+        if connection is not None:
+            connection.acknowledged()
         await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=client_id,
                                               client_session=client_session)
         await handler.start()
