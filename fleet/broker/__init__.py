@@ -25,4 +25,7 @@ Decisions worth knowing:
 - Revoked or suspended identities are dropped without their will; a keep-alive timeout or an
   expired certificate publishes it, as any abnormal disconnect does.
 - Stored sessions do not expire on their own; revocation and suspension purge them.
+- QoS 1 and 2 deliveries to a persistent session survive its connection: an unacknowledged
+  PUBLISH is resent with DUP set and a PUBREL without PUBCOMP is resent on resume, before
+  anything new (MQTT-4.4.0-1); nothing reaches a client before its CONNACK.
 """

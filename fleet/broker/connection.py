@@ -17,6 +17,8 @@ from amqtt.adapters import ReaderAdapter, StreamWriterAdapter
 from cryptography import x509
 
 from fleet.acl import NOTHING, Grants
+from fleet.broker import packets
+from fleet.broker.session import RELEASED, outgoing
 from fleet.broker.tls import peer_certificate
 from fleet.pki import Identity
 
@@ -28,7 +30,9 @@ SESSION_KEY = "fleet.connection"
 
 _TOPIC_CACHE = 256
 READ_CHUNK = 2**14
-PUBLISH, PUBACK = 3, 4
+PUBLISH, PUBACK, PUBREC, PUBCOMP = 3, 4, 5, 7
+_SHORT_PATH = frozenset((PUBLISH, PUBACK, PUBREC, PUBCOMP))
+_COMPLETES = {PUBACK: 1, PUBCOMP: 2}  # the acknowledgement that ends a QoS 1 / QoS 2 delivery
 
 OnPublish = Callable[["Session", str, bytes, int, bool], None]
 log = logging.getLogger(__name__)
@@ -40,7 +44,7 @@ class Connection:
     __slots__ = (
         "_acknowledged", "_keep_alive", "_pending", "_publish", "_receive", "admitted_at",
         "client_id", "closing_reason", "dropped", "finished", "grants", "handler", "identity",
-        "last_rx", "loop", "outstanding", "peer", "serial", "session", "suppress_will",
+        "last_rx", "loop", "peer", "serial", "session", "suppress_will",
         "transport", "unflushed",
     )
 
@@ -59,7 +63,6 @@ class Connection:
         self.closing_reason: str | None = None
         self.suppress_will = False
         self.last_rx = self.loop.time()
-        self.outstanding = 0  # QoS 1/2 deliveries waiting for their acknowledgement
         self.unflushed = 0  # QoS 0 deliveries written while the socket was backed up
         self.dropped = 0
         self.finished: asyncio.Future[None] = self.loop.create_future()
@@ -248,9 +251,10 @@ def _discard(index: dict[Any, set[Connection]], key: Any, connection: Connection
 class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
     """amqtt's view of the stream: the CONNECT the gate already read, then the socket.
 
-    The reader keeps track of packet boundaries. QoS 0 and 1 PUBLISH packets, and PUBACKs
-    for deliveries the broker wrote itself, are parsed and handled here (a PUBLISH goes to
-    *on_publish*, then a QoS 1 one is acknowledged); amqtt's protocol handler reads every
+    The reader keeps track of packet boundaries. QoS 0 and 1 PUBLISH packets, and PUBACK,
+    PUBREC and PUBCOMP for the deliveries the broker writes (all outgoing QoS 1 and 2 ones),
+    are parsed and handled here (a PUBLISH goes to *on_publish*, then a QoS 1 one is
+    acknowledged; a PUBREC is answered with PUBREL); amqtt's protocol handler reads every
     other packet, and may read no further than the end of the packet it is in. Also records
     when data last arrived (keep-alive) and refuses packets above the size limit.
     """
@@ -319,7 +323,7 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
                 self._connection.abort(f"packet larger than {self._max} bytes")
                 return False
             kind = data[start] >> 4
-            if kind in (PUBLISH, PUBACK) and length <= READ_CHUNK:
+            if kind in _SHORT_PATH and length <= READ_CHUNK:
                 if not await self._fill(total):
                     return False
                 packet = self._data[self._position:self._position + total]
@@ -330,19 +334,23 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
             return True
 
     def _short_path(self, packet: bytes, header: int) -> bool:
-        """Handle *packet* here if it is a QoS 0/1 PUBLISH or one of our PUBACKs."""
+        """Handle *packet* here if it is a QoS 0/1 PUBLISH or acknowledges a delivery."""
         connection, session = self._connection, self._connection.session
         if session is None:
             return False
         flags = packet[0] & 0x0F
-        if packet[0] >> 4 == PUBACK:
+        kind = packet[0] >> 4
+        if kind != PUBLISH:
             if len(packet) != 4 or flags:
                 return False  # malformed: amqtt's parser reports it
             packet_id = int.from_bytes(packet[2:4], "big")
-            handler = connection.handler
-            if handler is not None and packet_id in getattr(handler, "_puback_waiters", ()):
-                return False  # a delivery amqtt made itself (e.g. a retry on resume)
-            session.inflight_out.pop(packet_id, None)
+            message = outgoing(session, packet_id)
+            if kind == PUBREC:  # 4.3.3: PUBREL answers every PUBREC, and is resent on resume
+                if message is not None and message.qos == 2:
+                    message.pubrel_packet = RELEASED
+                connection.write(packets.pubrel(packet_id))
+            elif message is not None and message.qos == _COMPLETES[kind]:
+                del session.inflight_out[packet_id]
             return True
         qos = (flags >> 1) & 0x03
         if qos > 1:

@@ -11,14 +11,17 @@ What changes against stock amqtt 0.12.1 (S1-S7 are listed in docs/broker-securit
   min(publish QoS, subscription QoS), and each client's backlog is bounded: QoS 0 packets that
   would exceed ``max_queued_messages`` unflushed packets, QoS 1/2 deliveries beyond that many
   unacknowledged ones, and messages queued for an offline session beyond that many are dropped;
-- QoS 0 and 1 PUBLISH and PUBACK packets take a short path (ConnectionReader parses them and
-  calls :meth:`FleetBroker.receive`; QoS 1 deliveries are written here and tracked in the
-  session's ``inflight_out``), everything else goes through amqtt's protocol handler;
-- a QoS 1 delivery stays in ``inflight_out`` until its PUBACK arrives, across connections:
-  when a persistent session resumes it is sent again, DUP set and with the same packet
-  identifier, before anything new (MQTT-4.4.0-1); amqtt's own retry, which gives up after
-  5 s or when the connection ends, is left only the QoS 2 flows; messages queued for an
-  offline session are delivered the same way, not retained;
+- QoS 0 and 1 PUBLISH packets and the acknowledgements of outgoing deliveries (PUBACK,
+  PUBREC, PUBCOMP) take a short path: ConnectionReader parses them and calls
+  :meth:`FleetBroker.receive`; every QoS 1 and 2 delivery is written here and tracked in the
+  session's ``inflight_out``. Everything else, the inbound QoS 2 flow included, goes through
+  amqtt's protocol handler;
+- a QoS 1 delivery stays in ``inflight_out`` until its PUBACK arrives, a QoS 2 delivery until
+  its PUBCOMP, across connections: when a persistent session resumes, an unacknowledged
+  PUBLISH is sent again, DUP set and with the same packet identifier, and a PUBREL whose
+  PUBCOMP is missing is sent again, before anything new (MQTT-4.4.0-1). amqtt's own retry,
+  which gives up after 5 s or when the connection ends, is left only the inbound QoS 2 flows.
+  Messages queued for an offline session are delivered the same way, not retained;
 - topic checks call the policy plugin directly instead of through a task per plugin;
 - subscriptions live in a table indexed by topic level (fleet.broker.subscriptions): a
   SUBSCRIBE, an UNSUBSCRIBE and the routing of a message cost the same with 10 sessions or
@@ -39,13 +42,13 @@ from amqtt.contexts import Action
 from amqtt.errors import BrokerError, MQTTError
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import ApplicationMessage, OutgoingApplicationMessage, Session
 
 from fleet.acl import is_topic_filter, is_topic_name, matches
 from fleet.broker import packets, session
 from fleet.broker.connection import Connection, ConnectionWriter, connection_of
 from fleet.broker.plugins import TopicPolicyPlugin
+from fleet.broker.session import RELEASED, SENT
 from fleet.broker.subscriptions import SubscriptionTable
 
 log = logging.getLogger(__name__)
@@ -57,9 +60,6 @@ SUBACK_FAILURE = 0x80
 
 Denied = Callable[[Connection | None, Action, str], None]
 Receive = Callable[[Session, str, bytes, int, bool], None]
-
-SENT = PublishPacket()
-"""Marks an in-flight QoS 1 message as written by :meth:`FleetBroker._deliver`."""
 
 
 class Inbound:
@@ -157,7 +157,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         else:
             client_session.transitions.connect()
         handler.attach(client_session, reader, writer)
-        handler._retry_deliveries = functools.partial(_retry_qos2, handler)
+        handler._retry_deliveries = functools.partial(_retry_inbound_qos2, handler)
         connection = writer.connection if isinstance(writer, ConnectionWriter) else None
         if connection is not None:
             connection.handler = handler
@@ -187,28 +187,25 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             stored[0].inflight_out.clear()
 
     def _resend_inflight(self, session: Session, connection: Connection) -> None:
-        """Send the unacknowledged QoS 1 deliveries again, in order, DUP set (MQTT-4.4.0-1)."""
+        """Send unacknowledged PUBLISH (DUP set) and PUBREL packets again, in order
+        (MQTT-4.4.0-1)."""
         for packet_id, message in list(session.inflight_out.items()):
             if message.publish_packet is not SENT:
-                continue  # a QoS 2 flow: amqtt's handler retries it
-            if not connection.may_receive(message.topic):
-                del session.inflight_out[packet_id]
                 continue
-            connection.write(packets.publish(message.topic, message.data, qos=1,
-                                             packet_id=packet_id, retain=message.retain,
-                                             dup=True))
+            if message.pubrel_packet is RELEASED:
+                connection.write(packets.pubrel(packet_id))
+            elif not connection.may_receive(message.topic):
+                del session.inflight_out[packet_id]
+            else:
+                connection.write(packets.publish(message.topic, message.data, qos=message.qos,
+                                                 packet_id=packet_id, retain=message.retain,
+                                                 dup=True))
 
     async def _publish_session_retained_messages(self, session: Session) -> None:
         """Messages queued while the session was offline, delivered like live ones."""
-        pending = []
         while not session.retained_messages.empty():
             queued = session.retained_messages.get_nowait()
-            task = self._deliver(session, queued.topic, queued.data, queued.qos or 0,
-                                 retain=False)
-            if task is not None:
-                pending.append(task)
-        if pending:
-            await asyncio.wait(pending)
+            self._deliver(session, queued.topic, queued.data, queued.qos or 0, retain=False)
 
     # -- subscriptions -------------------------------------------------------------------
 
@@ -310,66 +307,45 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                 self._deliver(target, topic, data, min(qos, granted), retain=False)
 
     def _deliver(self, target: Session, topic: str, data: bytes | bytearray, qos: int, *,
-                 retain: bool) -> asyncio.Future[Any] | None:
+                 retain: bool) -> None:
         connection = connection_of(target)
         if connection is None or not connection.may_receive(topic):
-            return None
+            return
         if target.transitions.state != "connected":
             # MQTT-3.1.2-5: kept for a disconnected persistent session, QoS 1 and 2 only.
             if not target.clean_session and qos > 0 and len(target.inflight_out) \
                     + target.retained_messages.qsize() < self._max_queued:
                 target.retained_messages.put_nowait(
                     RetainedApplicationMessage(None, topic, data, qos))
-            return None
+            return
         if qos == 0:
             connection.send(packets.publish(topic, data, retain=retain), limit=self._max_queued)
-            return None
-        if len(target.inflight_out) + connection.outstanding >= self._max_queued:
+            return
+        if len(target.inflight_out) >= self._max_queued:
             connection.dropped += 1
-            return None
-        if qos == 1:  # written here; ConnectionReader takes the PUBACK off inflight_out
-            packet_id = target.next_packet_id
-            message = OutgoingApplicationMessage(packet_id, topic, 1, data, retain)
-            message.publish_packet = SENT
-            target.inflight_out[packet_id] = message
-            connection.write(
-                packets.publish(topic, data, qos=1, packet_id=packet_id, retain=retain))
-            return None
-        handler = self._sessions.get(target.client_id or "", (None, None))[1]
-        if handler is None:
-            return None
-        connection.outstanding += 1
-        task: asyncio.Future[Any] = asyncio.ensure_future(
-            handler.mqtt_publish(topic, data, qos, retain=retain))
-        task.add_done_callback(lambda done: _acknowledged(connection, done))
-        return task
+            return
+        # Written here; ConnectionReader takes the PUBACK / PUBREC / PUBCOMP (4.3.2, 4.3.3).
+        packet_id = target.next_packet_id
+        message = OutgoingApplicationMessage(packet_id, topic, qos, data, retain)
+        message.publish_packet = SENT
+        target.inflight_out[packet_id] = message
+        connection.write(
+            packets.publish(topic, data, qos=qos, packet_id=packet_id, retain=retain))
 
     async def _publish_retained_messages_for_subscription(
             self, subscription: tuple[str, int], session: Session) -> None:
         topic_filter, qos = subscription
         if topic_filter not in session.attributes.get(FILTERS_KEY, ()):
             return
-        pending = [
-            task for topic, retained in list(self._retained_messages.items())
-            if matches(topic, topic_filter) and (task := self._deliver(
-                session, topic, retained.data, min(qos, retained.qos or 0), retain=True))
-        ]
-        if pending:
-            await asyncio.wait(pending)
+        for topic, retained in list(self._retained_messages.items()):
+            if matches(topic, topic_filter):
+                self._deliver(session, topic, retained.data, min(qos, retained.qos or 0),
+                              retain=True)
 
 
-async def _retry_qos2(handler: BrokerProtocolHandler) -> None:
-    """amqtt's resend on resume (MQTT-4.4.0-1) for the QoS 2 flows its handler runs."""
-    session = handler.session
-    flows = [message for message in (*session.inflight_in.values(),
-                                     *session.inflight_out.values())
-             if message.publish_packet is not SENT]
+async def _retry_inbound_qos2(handler: BrokerProtocolHandler) -> None:
+    """amqtt's resume of the inbound QoS 2 flows its handler runs (waiting for PUBREL)."""
+    flows = list(handler.session.inflight_in.values())
     if flows:
         await asyncio.wait([asyncio.ensure_future(
             asyncio.wait_for(handler._handle_message_flow(message), 10)) for message in flows])
-
-
-def _acknowledged(connection: Connection, task: asyncio.Future[Any]) -> None:
-    connection.outstanding -= 1
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("delivery to %s failed: %r", connection, task.exception())

@@ -1,4 +1,5 @@
-"""The few MQTT 3.1.1 packets the broker handles itself: CONNECT, CONNACK, outgoing PUBLISH.
+"""The few MQTT 3.1.1 packets the broker handles itself: CONNECT, CONNACK, outgoing PUBLISH
+and the acknowledgements of outgoing QoS 1 and 2 deliveries.
 
 The CONNECT gate parses the first packet strictly before amqtt sees a byte of it; amqtt later
 parses the very same bytes, so both read the same client id, will and flags.
@@ -152,6 +153,11 @@ def parse_connect(raw: bytes) -> Connect:
 
 def connack(code: int, *, session_present: bool = False) -> bytes:
     return bytes((0x20, 0x02, 1 if session_present and code == ACCEPTED else 0, code))
+
+
+def pubrel(packet_id: int) -> bytes:
+    """PUBREL (3.6): its fixed header flags are 0010 (MQTT-3.6.1-1)."""
+    return b"\x62\x02" + packet_id.to_bytes(2, "big")
 
 
 def publish(topic: str, payload: bytes | bytearray, *, qos: int = 0, packet_id: int | None = None,

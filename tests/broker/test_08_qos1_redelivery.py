@@ -61,13 +61,13 @@ def inflight(broker: BrokerThread, client_id: str) -> list[int]:
 
 @contextmanager
 def persistent(broker: BrokerThread, credentials: Credentials, *,
-               subscribe: bool = False) -> Iterator[ssl.SSLSocket]:
-    """A raw clean_session=0 connection that never acknowledges; dropped on exit."""
+               subscribe: bool = False, qos: int = 1) -> Iterator[ssl.SSLSocket]:
+    """A raw clean_session=0 connection that acknowledges nothing itself; dropped on exit."""
     with tls_socket(broker.port, credentials) as sock:
         sock.sendall(connect_packet(credentials.name, flags=CLEAN_SESSION_0))
         assert read_packet(sock)[:2] == b"\x20\x02"
         if subscribe:
-            sock.sendall(subscribe_packet(FILTER, qos=1))
+            sock.sendall(subscribe_packet(FILTER, qos=qos))
             assert read_packet(sock)[0] == 0x90
         yield sock
     assert offline(broker, credentials.name)
