@@ -48,7 +48,7 @@ from fleet.acl import is_topic_filter, is_topic_name, matches
 from fleet.broker import packets, session
 from fleet.broker.connection import Connection, ConnectionWriter, connection_of
 from fleet.broker.plugins import TopicPolicyPlugin
-from fleet.broker.session import RELEASED, SENT
+from fleet.broker.session import RELEASED, SENT, Mailbox
 from fleet.broker.subscriptions import SubscriptionTable
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     ) -> tuple[BrokerProtocolHandler, Session]:
         handler, session = await super()._initialize_client_session(
             reader, writer, remote_address, remote_port)
+        handler._pending_subscriptions = Mailbox()
+        handler._pending_unsubscriptions = Mailbox()
         connection = writer.connection if isinstance(writer, ConnectionWriter) else None
         if connection is None or connection.client_id != session.client_id:
             await writer.close()

@@ -117,6 +117,9 @@ class Gate:
             except Refused as refusal:
                 await self._refuse(connection, writer, refusal)
                 return
+            # Not held for the connection's lifetime (a parsed certificate and its cached
+            # extensions are kilobytes per connection); Connection.certificate() reads it again.
+            del certificate
             await self._run(connection, connect, admission, grants, reader, writer)
         finally:
             self._connections.remove(connection)
