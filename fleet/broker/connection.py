@@ -43,7 +43,7 @@ class Connection:
 
     __slots__ = (
         "_acknowledged", "_keep_alive", "_pending", "_publish", "_receive", "admitted_at",
-        "client_id", "closing_reason", "dropped", "finished", "grants", "handler", "identity",
+        "client_id", "closing_reason", "dropped", "finished", "grants", "identity",
         "last_rx", "loop", "peer", "serial", "session", "suppress_will",
         "transport", "unflushed",
     )
@@ -58,7 +58,6 @@ class Connection:
         self.client_id: str | None = None
         self.grants: Grants = NOTHING
         self.session: Session | None = None
-        self.handler: Any = None  # amqtt's BrokerProtocolHandler, once attached
         self.admitted_at: datetime | None = None  # when the registry was asked about it
         self.closing_reason: str | None = None
         self.suppress_will = False

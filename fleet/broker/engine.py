@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -50,8 +49,6 @@ from fleet.broker.connection import Connection, ConnectionWriter, connection_of
 from fleet.broker.plugins import TopicPolicyPlugin
 from fleet.broker.session import RELEASED, SENT, Mailbox
 from fleet.broker.subscriptions import SubscriptionTable
-
-log = logging.getLogger(__name__)
 
 FILTERS_KEY = "fleet.filters"
 """Under ``Session.attributes``: the filters this session holds (a set)."""
@@ -161,10 +158,8 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         handler.attach(client_session, reader, writer)
         handler._retry_deliveries = functools.partial(_retry_inbound_qos2, handler)
         connection = writer.connection if isinstance(writer, ConnectionWriter) else None
-        if connection is not None:
-            connection.handler = handler
-            if authenticated:  # queued now, written right after the CONNACK
-                self._resend_inflight(client_session, connection)
+        if connection is not None and authenticated:  # queued now, written after the CONNACK
+            self._resend_inflight(client_session, connection)
         self._sessions[client_id] = (client_session, handler)
         await handler.mqtt_connack_authorize(authenticated)
         if not authenticated:
