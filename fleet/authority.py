@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from fleet import pki
+from fleet.audit import Aggregate, RefusalDigest
 from fleet.ca import CA, Trust, load_ca
 from fleet.errors import (
     CertificateNotActiveError,
@@ -28,6 +29,7 @@ from fleet.errors import (
     FleetError,
     ForbiddenError,
     IdentityError,
+    InvalidTokenError,
     NotFoundError,
     RegistryUnavailableError,
     TokenError,
@@ -103,10 +105,13 @@ class Authority:
     def __init__(
         self, *, settings: Settings, engine: Engine, ca: CA | None = None,
         trust: Trust | None = None, clock: Callable[[], datetime] = utcnow,
+        refusals: RefusalDigest | None = None,
     ) -> None:
         """*ca* signs (loaded and unlocked on first use when not given); *trust* alone is
-        enough for an Authority that only verifies, such as the broker's."""
+        enough for an Authority that only verifies, such as the broker's. Refusals without a
+        verified identity go to *refusals* when given, else one audit event each."""
         self.settings = settings
+        self.refusals = refusals
         self.engine = engine
         self._ca = ca
         self._trust = trust or ca
@@ -164,6 +169,28 @@ class Authority:
         except FleetError:
             pass
 
+    def refused_unverified(self, action: str, error: FleetError, *, actor: str,
+                           device_id: str | None = None) -> None:
+        """A refusal that proves nothing about the caller (*device_id* is only claimed):
+        aggregated when a digest is set, else one audit event."""
+        if self.refusals is None:
+            self.audit_refusal(action, error, actor=actor, device_id=device_id)
+            return
+        claimed = _valid_id_or_none(device_id)
+        self.refusals.add(action, actor=actor, reason=f"{type(error).__name__}: {error.message}",
+                          **({"claimed_device_id": claimed} if claimed else {}))
+
+    def record_refusals(self, aggregates: Sequence[Aggregate]) -> None:
+        """Write aggregated refusals (see fleet.audit), one audit event each, in one transaction."""
+        with self.transaction() as session:
+            for aggregate in aggregates:
+                self.audit(session, action=aggregate.action, outcome="refused",
+                           actor=aggregate.actor, reason=aggregate.reason,
+                           detail={**aggregate.detail, "aggregated": True,
+                                   "count": aggregate.count,
+                                   "first": aggregate.first.isoformat(),
+                                   "last": aggregate.last.isoformat()})
+
     @contextmanager
     def _audited(
         self, action: str, *, actor: str, device_id: str | None = None,
@@ -174,7 +201,9 @@ class Authority:
             with self.transaction() as session:
                 yield session
         except FleetError as error:
-            if not isinstance(error, RegistryUnavailableError):
+            if isinstance(error, InvalidTokenError):
+                self.refused_unverified(action, error, actor=actor, device_id=device_id)
+            elif not isinstance(error, RegistryUnavailableError):
                 self.audit_refusal(action, error, actor=actor, device_id=device_id,
                                    serial=serial)
             raise
@@ -289,9 +318,9 @@ class Authority:
                 raise IdentityError(
                     f"username {credential.username!r} does not match the CSR's "
                     f"CN={ident.name!r}", device_id=ident.name)
-        except FleetError as error:
-            self.audit_refusal("enroll", error, actor=actor,
-                               device_id=_valid_id_or_none(device_id))
+        except FleetError as error:  # nothing is verified before the token is checked
+            self.refused_unverified("enroll", error, actor=actor,
+                                    device_id=_valid_id_or_none(device_id))
             raise
         with self._audited("enroll", actor=actor, device_id=ident.name) as session:
             now = self.clock()
@@ -337,7 +366,8 @@ class Authority:
                      now: datetime) -> BootstrapToken:
         token = tokens_db.get_token(session=session, token_id=presented.token_id)
         if token is None or not secret_matches(presented, token.secret_hash):
-            raise TokenError("unknown or invalid bootstrap token", token_id=presented.token_id,
+            raise InvalidTokenError("unknown or invalid bootstrap token",
+                                    token_id=presented.token_id,
                              reason="unknown" if token is None else "bad-secret")
         if token.revoked_at is not None:
             raise TokenError("bootstrap token has been revoked", token_id=token.id)

@@ -13,6 +13,7 @@ CONNACK return codes in ``fleet.broker``, exit codes in ``fleet.cli``.
      |    +-- ProfileError           a CSR asks for what the profile forbids
      +-- AuthenticationError         a credential is missing or wrong (HTTP 401)
      |    +-- TokenError             unknown, expired, used up, revoked, wrong group/device
+     |         +-- InvalidTokenError  malformed, unknown or wrong secret: no identity proven
      +-- ForbiddenError              authenticated, but not allowed (HTTP 403)
      |    +-- DeviceNotActiveError   device is revoked or suspended
      |    +-- CertificateNotActiveError   certificate is superseded, revoked or expired
@@ -75,6 +76,11 @@ class AuthenticationError(FleetError):
 
 class TokenError(AuthenticationError):
     """A bootstrap token cannot be used: unknown, expired, used up, revoked or wrong binding."""
+
+
+class InvalidTokenError(TokenError):
+    """The token is malformed, unknown or its secret is wrong: nothing about the caller is
+    verified (its refusals are aggregated, see fleet.audit)."""
 
 
 class ForbiddenError(FleetError):

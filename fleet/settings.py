@@ -74,17 +74,33 @@ class Settings:
     est_max_concurrent_requests: int
     est_auth_failures_per_minute: int
     est_metrics_port: int
+    est_handshake_timeout: timedelta
+    est_header_timeout: timedelta
+    est_body_timeout: timedelta
+    est_body_min_rate: int
+    est_keepalive_timeout: timedelta
+    est_max_connections: int
+    est_max_connections_per_source: int
+    est_max_requests_per_source: int
     est_labels: Mapping[str, str]
     broker_host: str
     broker_port: int
     acl_file: Path
+    handshake_timeout: timedelta
     connect_timeout: timedelta
     revocation_poll_interval: timedelta
     max_connections: int
-    max_concurrent_handshakes: int
+    max_pending_connections: int
+    max_pending_per_source: int
     max_queued_messages: int
+    max_queued_bytes: int
     max_packet_bytes: int
-    audit_refusals_per_minute: int
+    max_subscriptions: int
+    max_retained_messages: int
+    max_retained_bytes: int
+    qos2_release_timeout: timedelta
+    audit_refusal_interval: timedelta
+    audit_refusal_sources: int
     config_file: Path = field(default=DEFAULT_CONFIG)
 
     # Paths inside the data dir, in one place.
@@ -132,17 +148,33 @@ _SCHEMA: dict[tuple[str, str], tuple[str, str]] = {
     ("est", "max_concurrent_requests"): ("est_max_concurrent_requests", "int"),
     ("est", "auth_failures_per_minute"): ("est_auth_failures_per_minute", "int"),
     ("est", "metrics_port"): ("est_metrics_port", "int"),
+    ("est", "handshake_timeout"): ("est_handshake_timeout", "duration"),
+    ("est", "header_timeout"): ("est_header_timeout", "duration"),
+    ("est", "body_timeout"): ("est_body_timeout", "duration"),
+    ("est", "body_min_rate"): ("est_body_min_rate", "int"),
+    ("est", "keepalive_timeout"): ("est_keepalive_timeout", "duration"),
+    ("est", "max_connections"): ("est_max_connections", "int"),
+    ("est", "max_connections_per_source"): ("est_max_connections_per_source", "int"),
+    ("est", "max_requests_per_source"): ("est_max_requests_per_source", "int"),
     ("est", "labels"): ("est_labels", "table"),
     ("broker", "host"): ("broker_host", "str"),
     ("broker", "port"): ("broker_port", "int"),
     ("broker", "acl_file"): ("acl_file", "path"),
+    ("broker", "handshake_timeout"): ("handshake_timeout", "duration"),
     ("broker", "connect_timeout"): ("connect_timeout", "duration"),
     ("broker", "revocation_poll_interval"): ("revocation_poll_interval", "duration"),
     ("broker", "max_connections"): ("max_connections", "int"),
-    ("broker", "max_concurrent_handshakes"): ("max_concurrent_handshakes", "int"),
+    ("broker", "max_pending_connections"): ("max_pending_connections", "int"),
+    ("broker", "max_pending_per_source"): ("max_pending_per_source", "int"),
     ("broker", "max_queued_messages"): ("max_queued_messages", "int"),
+    ("broker", "max_queued_bytes"): ("max_queued_bytes", "int"),
     ("broker", "max_packet_bytes"): ("max_packet_bytes", "int"),
-    ("broker", "audit_refusals_per_minute"): ("audit_refusals_per_minute", "int"),
+    ("broker", "max_subscriptions"): ("max_subscriptions", "int"),
+    ("broker", "max_retained_messages"): ("max_retained_messages", "int"),
+    ("broker", "max_retained_bytes"): ("max_retained_bytes", "int"),
+    ("broker", "qos2_release_timeout"): ("qos2_release_timeout", "duration"),
+    ("audit", "refusal_interval"): ("audit_refusal_interval", "duration"),
+    ("audit", "refusal_sources"): ("audit_refusal_sources", "int"),
 }
 
 
@@ -247,11 +279,20 @@ def _validated(s: Settings) -> Settings:
             raise bad(attribute, "must be a port number 0-65535")
     for attribute in (
         "token_uses", "est_workers", "est_max_body_bytes", "est_max_concurrent_requests",
-        "est_auth_failures_per_minute", "max_connections", "max_concurrent_handshakes",
-        "max_queued_messages", "max_packet_bytes", "audit_refusals_per_minute",
+        "est_auth_failures_per_minute", "est_body_min_rate", "est_max_connections",
+        "est_max_connections_per_source", "est_max_requests_per_source", "max_connections",
+        "max_pending_connections", "max_pending_per_source", "max_queued_messages",
+        "max_queued_bytes", "max_packet_bytes", "max_subscriptions", "max_retained_messages",
+        "max_retained_bytes", "audit_refusal_sources",
     ):
         if getattr(s, attribute) < 1:
             raise bad(attribute, "must be at least 1")
+    if s.max_packet_bytes > MQTT_MAX_PACKET_BYTES:
+        raise bad("max_packet_bytes", f"MQTT 3.1.1 packets are at most {MQTT_MAX_PACKET_BYTES}")
+    if s.max_packet_bytes > s.max_queued_bytes:
+        raise bad("max_queued_bytes", "must be at least broker.max_packet_bytes")
+    if s.max_packet_bytes > s.max_retained_bytes:
+        raise bad("max_retained_bytes", "must be at least broker.max_packet_bytes")
     for label, group in s.est_labels.items():
         if label in RESERVED_LABELS or not DEVICE_ID_PATTERN.fullmatch(label):
             raise bad("est_labels", f"label {label!r} is not allowed")
@@ -259,6 +300,9 @@ def _validated(s: Settings) -> Settings:
             raise bad("est_labels", f"group {group!r} is not a valid group name")
     return s
 
+
+MQTT_MAX_PACKET_BYTES = 268_435_455
+"""The largest remaining length MQTT 3.1.1 can encode (2.2.3)."""
 
 RESERVED_LABELS = frozenset({"cacerts", "simpleenroll", "simplereenroll", "csrattrs",
                              "serverkeygen", "fullcmc"})

@@ -13,7 +13,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from fleet.errors import TokenError
+from fleet.errors import InvalidTokenError
 
 _TOKEN = re.compile(r"^([a-f0-9]{16})\.([A-Za-z0-9_-]{32})$")
 
@@ -46,7 +46,7 @@ def parse_token(presented: str) -> TokenSecret:
     """Split a presented token; a malformed one is refused like an unknown one."""
     match = _TOKEN.fullmatch(presented.strip())
     if not match:
-        raise TokenError("unknown or invalid bootstrap token", reason="malformed")
+        raise InvalidTokenError("unknown or invalid bootstrap token", reason="malformed")
     return TokenSecret(match.group(1), match.group(2))
 
 

@@ -86,7 +86,7 @@ async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
     await asyncio.to_thread(migrate, engine)
     authority = Authority(settings=settings, engine=engine, trust=load_trust(settings))
     backend = Backend(authority)
-    audit = Audit(backend, per_minute=settings.audit_refusals_per_minute)
+    audit = Audit(backend, per_minute=60)
     connections = Connections()
 
     def denied(connection: Connection | None, action: Action, topic: str) -> None:
@@ -108,7 +108,7 @@ async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
 
     listener = TLSListener(
         context=context, max_connections=settings.max_connections,
-        max_handshakes=settings.max_concurrent_handshakes,
+        max_handshakes=settings.max_pending_connections,
         timeout=settings.connect_timeout.total_seconds(), on_connection=gate.serve,
         on_refused=handshake_refused)
     watcher = RevocationWatcher(backend=backend, audit=audit, connections=connections,

@@ -55,7 +55,7 @@ def client_hello() -> bytes:
 
 def test_stalled_handshakes_do_not_lock_devices_out(enroll: Enroll,
                                                     start_broker: StartBroker) -> None:
-    broker = start_broker(max_concurrent_handshakes="2", connect_timeout="2s")
+    broker = start_broker(max_pending_connections="2", connect_timeout="2s")
     device = enroll("d1")
     hello = client_hello()
     with open_sockets(broker.port, 30), \

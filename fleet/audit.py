@@ -1,0 +1,120 @@
+"""Refusals that carry no verified identity, recorded as one audit event per source and interval.
+
+A stranger can be refused as often as it can open connections or send requests; writing one
+audit row each would let it fill the registry and drown the events that matter. Such refusals
+(no certificate, a bad token, a malformed request, a failed handshake) are folded here into
+one :class:`Aggregate` per action, actor and interval, where the actor names the edge and the
+source address (``est:192.0.2.7``, ``broker:192.0.2.7``): how many, the first and last time,
+and one sample reason. At most *max_sources* aggregates are kept an interval; refusals from
+further sources share one overflow aggregate per action (actor ``est:*``). Events that carry a
+verified identity never come here: they are recorded one by one.
+
+The digest is pure bookkeeping: the edges drain it every interval and hand the aggregates to
+``Authority.record_refusals``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from fleet.registry.models import utcnow
+
+log = logging.getLogger(__name__)
+
+OVERFLOW_SOURCE = "*"
+
+
+def actor_of(edge: str, source: str) -> str:
+    """The actor of refusals from *source* at *edge* (``est``, ``broker``)."""
+    return f"{edge}:{source}"
+
+
+@dataclass(slots=True)
+class Aggregate:
+    """Refusals of one action, by one actor (edge and source), within one interval."""
+
+    action: str
+    actor: str
+    reason: str
+    first: datetime
+    last: datetime
+    count: int = 1
+    detail: dict[str, object] = field(default_factory=dict)
+
+
+Flush = Callable[[list[Aggregate]], Awaitable[None]]
+
+
+class RefusalDigest:
+    """Folds unverified refusals into bounded aggregates; safe to use from several threads."""
+
+    def __init__(self, *, interval: float, max_sources: int,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.interval = interval
+        self.max_sources = max_sources
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open: dict[tuple[str, str], Aggregate] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, action: str, *, actor: str, reason: str, **detail: object) -> None:
+        """Count one refusal; the *detail* of an aggregate's first refusal is kept."""
+        now = self._clock()
+        with self._lock:
+            key = (action, actor)
+            aggregate = self._open.get(key)
+            if aggregate is None and len(self._open) >= self.max_sources:
+                actor = actor_of(actor.partition(":")[0], OVERFLOW_SOURCE)
+                key = (action, actor)
+                aggregate = self._open.get(key)
+            if aggregate is None:
+                self._open[key] = Aggregate(action=action, actor=actor, reason=reason,
+                                            first=now, last=now, detail=dict(detail))
+            else:
+                aggregate.count += 1
+                aggregate.last = now
+        log.debug("refused %s for %s: %s", action, actor, reason)
+
+    def drain(self) -> list[Aggregate]:
+        """The aggregates of the interval that ends now; the next interval starts empty."""
+        with self._lock:
+            drained, self._open = list(self._open.values()), {}
+        return drained
+
+    def start(self, flush: Flush) -> None:
+        """Hand the aggregates to *flush* every interval, in the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run(flush),
+                                                            name="fleet-refusal-digest")
+
+    async def stop(self, flush: Flush) -> None:
+        """Stop the periodic flush and hand over what the current interval holds."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._flush(flush)
+
+    async def _run(self, flush: Flush) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._flush(flush)
+
+    async def _flush(self, flush: Flush) -> None:
+        aggregates = self.drain()
+        if not aggregates:
+            return
+        total = sum(a.count for a in aggregates)
+        log.info("%d refusals without a verified identity from %d sources in the last "
+                 "interval", total, len(aggregates))
+        try:
+            await flush(aggregates)
+        except Exception:  # the digest must outlive a registry outage
+            log.warning("could not record %d aggregated refusals", len(aggregates),
+                        exc_info=True)
