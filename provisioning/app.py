@@ -1,8 +1,11 @@
 """The EST HTTP surface (RFC 7030): routes and handlers over ``fleet.authority``.
 
 Policy lives in the authority; this module reads requests, applies the edge's own limits and
-maps the outcome to HTTP. Refusals the edge decides itself (no credential, body too large,
-wrong media type, rate limit) are audited here; the authority audits its own.
+maps the outcome to HTTP. Refusals the edge decides itself (no credential, body too large or
+too slow, wrong media type, rate limit, load shedding) are audited here; the authority audits
+its own. Refusals without a verified identity (every simpleenroll refusal decided here, any
+request shed for load) go to the authority's refusal digest, folded per source and interval;
+those of a renewal with a TLS-verified certificate are recorded one by one.
 """
 
 from __future__ import annotations
@@ -29,12 +32,24 @@ from fleet.errors import (
     RegistryUnavailableError,
 )
 from provisioning import auth, wire
-from provisioning.limits import FailedAuthLimiter, InFlight, ServerBusyError, read_body
+from provisioning.connections import EstConnection
+from provisioning.limits import (
+    AuthKey,
+    BodyLimits,
+    FailedAuthLimiter,
+    Occupancy,
+    RequestTimeoutError,
+    ServerBusyError,
+    UploadAbortedError,
+    read_body,
+)
 from provisioning.metrics import Metrics
 from provisioning.refusals import refusal, status_of
 
 EST_ROOT = "/.well-known/est"
 OPERATIONS = ("cacerts", "simpleenroll", "simplereenroll", "csrattrs")
+ACTIONS = {"simpleenroll": "enroll", "simplereenroll": "reenroll"}
+"""The audit action of each enrollment operation."""
 
 log = logging.getLogger("provisioning")
 T = TypeVar("T")
@@ -42,18 +57,28 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class EstService:
-    """One process's EST service: the authority, its thread pool, limits and cached bodies."""
+    """One process's EST service: the authority, its thread pool, limits and cached bodies.
+
+    The authority must have a refusal digest: the refusals a stranger can provoke at will
+    then cost no database write each.
+    """
 
     def __init__(self, *, authority: Authority, executor: Executor,
                  metrics: Metrics | None = None) -> None:
+        if authority.refusals is None:
+            raise ValueError("the EST service needs an Authority with a RefusalDigest")
         settings = authority.settings
         self.authority = authority
         self.executor = executor
         self.metrics = metrics or Metrics()
         self.labels = dict(settings.est_labels)
-        self.max_body = settings.est_max_body_bytes
+        self.body = BodyLimits(max_bytes=settings.est_max_body_bytes,
+                               timeout=settings.est_body_timeout.total_seconds(),
+                               min_rate=settings.est_body_min_rate)
         self.limiter = FailedAuthLimiter(settings.est_auth_failures_per_minute)
-        self.in_flight = InFlight(settings.est_max_concurrent_requests)
+        self.requests = Occupancy(total=settings.est_max_concurrent_requests,
+                                  per_source=settings.est_max_requests_per_source,
+                                  what="requests in progress")
         # Built once: the CA chain and the CSR attributes do not change while running.
         self.cacerts_body = wire.certs_only_body(list(authority.ca.chain))
         self.csrattrs_body = wire.encode_body(wire.csr_attributes())
@@ -124,50 +149,56 @@ class EstService:
     # -- enrollment -------------------------------------------------------------------------
 
     async def simpleenroll(self, request: web.Request) -> web.Response:
-        """RFC 7030 4.2.1: a bootstrap token (Basic password or Bearer) authorizes the CSR."""
+        """RFC 7030 4.2.1: a bootstrap token (Basic password or Bearer) authorizes the CSR.
+
+        Failed authentications are throttled per source and token id, so neither another
+        token nor a renewal from the same address is refused because of them.
+        """
         group = self.group_of(request)
         source, actor = _source(request)
+        key: AuthKey = (source, None)
         device_id: str | None = None
         try:
-            self.limiter.check(source)
             credential = auth.token_credential(request.headers.get(hdrs.AUTHORIZATION))
+            key = (source, auth.token_id(credential))
             device_id = _device_id_or_none(credential.username)
+            self.limiter.check(key)
             csr = await self._csr(request)
         except FleetError as error:
-            await self._audit_edge_refusal("enroll", error, actor, device_id=device_id)
-            return self._refused("simpleenroll", error, source)
+            self.authority.refused_unverified("enroll", error, actor=actor, device_id=device_id)
+            return self._refused("simpleenroll", error, source, failed=key)
         try:
             issued = await self._issue("enroll", self.authority.enroll, actor,
                                        credential=credential, csr=csr, group=group)
         except FleetError as error:
-            return self._refused("simpleenroll", error, source)
+            return self._refused("simpleenroll", error, source, failed=key)
         return self._issued("simpleenroll", issued)
 
     async def simplereenroll(self, request: web.Request) -> web.Response:
         """RFC 7030 4.2.2: the verified TLS client certificate authorizes its own renewal."""
         self.group_of(request)
         source, actor = _source(request)
-        serial: str | None = None
+        certificate = auth.peer_certificate(request.transport)
+        if certificate is None:
+            error: FleetError = auth.missing_certificate()
+            self.authority.refused_unverified("reenroll", error, actor=actor)
+            return self._refused("simplereenroll", error, source)
         try:
-            self.limiter.check(source)
-            certificate = auth.peer_certificate(request.transport)
-            if certificate is None:
-                raise auth.missing_certificate()
-            serial = serial_hex(certificate.serial_number)
             csr = await self._csr(request)
         except FleetError as error:
-            await self._audit_edge_refusal("reenroll", error, actor, serial=serial)
-            return self._refused("simplereenroll", error, source)
+            await self._audit_edge_refusal("reenroll", error, actor,
+                                           serial=serial_hex(certificate.serial_number))
+            return self._refused("simplereenroll", error, source, verified=True)
         try:
             issued = await self._issue("reenroll", self.authority.reenroll, actor,
                                        client_certificate=certificate, csr=csr)
         except FleetError as error:
-            return self._refused("simplereenroll", error, source)
+            return self._refused("simplereenroll", error, source, verified=True)
         return self._issued("simplereenroll", issued)
 
     async def _csr(self, request: web.Request) -> bytes:
         wire.check_media_type(request.headers.get(hdrs.CONTENT_TYPE))
-        return wire.decode_csr_body(await read_body(request, self.max_body))
+        return wire.decode_csr_body(await read_body(request, self.body))
 
     async def _issue(self, action: str, operation: Callable[..., Issued], actor: str,
                      **kwargs: object) -> Issued:
@@ -196,45 +227,64 @@ class EstService:
         except FleetError as failure:  # the refusal stands even when it cannot be recorded
             log.warning("could not audit a refused %s: %s", action, failure.message)
 
-    def _refused(self, operation: str, error: FleetError,
-                 source: str | None = None) -> web.Response:
+    def _refused(self, operation: str, error: FleetError, source: str | None = None, *,
+                 failed: AuthKey | None = None, verified: bool = False) -> web.Response:
+        """The refusal's response and log line; a failed authentication counts against
+        *failed*. Without a verified identity the line is DEBUG (the refusal digest sums
+        them up), but a timed-out or aborted request always gets its line."""
         status = status_of(error)
-        if (source is not None and isinstance(error, AuthenticationError)
+        if (failed is not None and isinstance(error, AuthenticationError)
                 and not isinstance(error, auth.MissingCredentialsError)):
-            self.limiter.record_failure(source)
-        level = logging.WARNING if status >= 500 else logging.INFO
+            self.limiter.record_failure(failed)
+        if status >= 500 and not isinstance(error, ServerBusyError):
+            level = logging.WARNING
+        elif verified or isinstance(error, RequestTimeoutError | UploadAbortedError):
+            level = logging.INFO
+        else:
+            level = logging.DEBUG
         log.log(level, "%s refused with %d for %s: %s", operation, status, source or "-",
                 error.message)
         return refusal(error)
 
     @web.middleware
     async def observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Bound the requests in flight, answer unforeseen errors with 500, count outcomes."""
+        """Bound the requests in progress (in total and per source), answer unforeseen
+        errors with 500, count outcomes."""
         started = time.perf_counter()
         operation = _operation(request.path)
+        source, actor = _source(request)
+        connection = request.protocol
+        if isinstance(connection, EstConnection):
+            connection.request_started()
         status = 500
         try:
-            self.in_flight.enter()
+            self.requests.enter(source)
         except ServerBusyError as error:
-            self.metrics.observe(operation, 503, time.perf_counter() - started)
-            return refusal(error)
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        except Exception:
-            log.exception("%s failed", operation)
-            return web.Response(status=500, text="internal server error\n")
+            if operation in ACTIONS:
+                self.authority.refused_unverified(ACTIONS[operation], error, actor=actor)
+            status = 503
+            return self._refused(operation, error, source)
+        else:
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            except Exception:
+                log.exception("%s failed", operation)
+                return web.Response(status=500, text="internal server error\n")
+            finally:
+                self.requests.leave(source)
         finally:
-            self.in_flight.leave()
+            if isinstance(connection, EstConnection):
+                connection.request_finished()
             self.metrics.observe(operation, status, time.perf_counter() - started)
 
 
 def build_app(service: EstService) -> web.Application:
-    app = web.Application(middlewares=[service.observe], client_max_size=service.max_body)
+    app = web.Application(middlewares=[service.observe], client_max_size=service.body.max_bytes)
     app.add_routes(service.routes())
     return app
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 import ssl
 
 from cryptography import x509
@@ -18,6 +19,7 @@ from fleet.errors import AuthenticationError
 
 REALM = "fleet"
 CHALLENGE = f'Basic realm="{REALM}"'
+_TOKEN_ID = re.compile(r"[0-9a-f]{16}")  # as fleet.tokens.new_token makes them
 
 
 class MissingCredentialsError(AuthenticationError):
@@ -68,3 +70,10 @@ def peer_certificate(transport: asyncio.BaseTransport | None) -> x509.Certificat
 def missing_certificate() -> AuthenticationError:
     return MissingCredentialsError(
         "simplereenroll requires the TLS client certificate being renewed")
+
+
+def token_id(credential: TokenCredential) -> str | None:
+    """The public id a credential claims: the part of ``<id>.<secret>`` before the dot, when
+    it has the form of a token id (its secret may be anything)."""
+    claimed, dot, _ = credential.token.strip().partition(".")
+    return claimed if dot and _TOKEN_ID.fullmatch(claimed) else None

@@ -14,7 +14,13 @@ from fleet.errors import (
     RegistryUnavailableError,
 )
 from provisioning.auth import CHALLENGE
-from provisioning.limits import PayloadTooLargeError, RateLimitedError, ServerBusyError
+from provisioning.limits import (
+    PayloadTooLargeError,
+    RateLimitedError,
+    RequestTimeoutError,
+    ServerBusyError,
+    UploadAbortedError,
+)
 from provisioning.wire import TEXT, UnsupportedMediaTypeError
 
 REGISTRY_RETRY_AFTER = 5
@@ -23,9 +29,11 @@ BUSY_RETRY_AFTER = 1
 # Most specific first: the first class an error is an instance of decides its status.
 _STATUS: tuple[tuple[type[FleetError], int], ...] = (
     (PKIError, 400),  # CSRError, KeyPolicyError, IdentityError, ProfileError
+    (UploadAbortedError, 400),  # nobody is left to read it
     (AuthenticationError, 401),
     (ForbiddenError, 403),
     (NotFoundError, 404),
+    (RequestTimeoutError, 408),
     (ConflictError, 409),
     (PayloadTooLargeError, 413),
     (UnsupportedMediaTypeError, 415),

@@ -19,12 +19,15 @@ from typing import Any
 
 from aiohttp import web
 
+from fleet.audit import Aggregate, Flush, RefusalDigest
 from fleet.authority import Authority
 from fleet.ca import load_ca
 from fleet.errors import ConfigError, FleetError, RegistryUnavailableError
 from fleet.registry import make_engine, migrate
 from fleet.settings import Settings
 from provisioning.app import EST_ROOT, EstService, build_app
+from provisioning.connections import Listener, Timeouts
+from provisioning.limits import Occupancy
 from provisioning.metrics import Metrics, serve_metrics
 from provisioning.tls import server_context
 
@@ -43,12 +46,14 @@ READY = "ready"
 
 
 class RunningServer:
-    """A started EST service; ``port`` is the port actually bound."""
+    """A started EST service; ``port`` is the port actually bound, ``refusals`` the digest of
+    its refusals without a verified identity (recorded every interval and on close)."""
 
-    def __init__(self, *, port: int, metrics_port: int | None,
+    def __init__(self, *, port: int, metrics_port: int | None, refusals: RefusalDigest,
                  close: Callable[[], Awaitable[None]]) -> None:
         self.port = port
         self.metrics_port = metrics_port
+        self.refusals = refusals
         self._close = close
         self._closed = False
 
@@ -74,22 +79,39 @@ async def start(settings: Settings, *, host: str, port: int,
         log.warning("starting without the registry database: %s", exc.message)
     executor = ThreadPoolExecutor(threads, thread_name_prefix="est-registry")
     metrics = Metrics()
-    authority = Authority(settings=settings, engine=engine, ca=ca)
+    digest = RefusalDigest(interval=settings.audit_refusal_interval.total_seconds(),
+                           max_sources=settings.audit_refusal_sources)
+    authority = Authority(settings=settings, engine=engine, ca=ca, refusals=digest)
     service = EstService(authority=authority, executor=executor, metrics=metrics)
+
+    async def flush(aggregates: list[Aggregate]) -> None:
+        await service.call(authority.record_refusals, aggregates)
+
     runner = web.AppRunner(build_app(service), shutdown_timeout=SHUTDOWN_SECONDS)
+    listener: Listener | None = None
     metrics_runner: web.AppRunner | None = None
+    digest.start(flush)
     try:
         await runner.setup()
+        assert runner.server is not None
         sock = listen_socket(host, port, reuse_port=reuse_port, setting="est.port")
-        site = web.SockSite(runner, sock, ssl_context=context, backlog=LISTEN_BACKLOG)
-        await site.start()
+        listener = Listener(
+            sock=sock, context=context, server=runner.server, backlog=LISTEN_BACKLOG,
+            slots=Occupancy(total=settings.est_max_connections,
+                            per_source=settings.est_max_connections_per_source,
+                            what="connections open"),
+            timeouts=Timeouts(handshake=settings.est_handshake_timeout.total_seconds(),
+                              headers=settings.est_header_timeout.total_seconds(),
+                              keepalive=settings.est_keepalive_timeout.total_seconds(),
+                              linger=settings.est_body_timeout.total_seconds()))
+        listener.start()
         bound = sock.getsockname()[1]
         metrics_port = None
         if settings.est_metrics_port:
             metrics_runner, metrics_port = await _start_metrics(metrics,
                                                                 settings.est_metrics_port)
     except BaseException:
-        await runner.cleanup()
+        await _stop(listener, runner, digest, flush)
         executor.shutdown(wait=False)
         engine.dispose()
         raise
@@ -97,13 +119,22 @@ async def start(settings: Settings, *, host: str, port: int,
     async def close() -> None:
         if metrics_runner is not None:
             await metrics_runner.cleanup()
-        await runner.cleanup()
+        await _stop(listener, runner, digest, flush)
         await asyncio.to_thread(executor.shutdown, wait=True)
         engine.dispose()
 
     log.info("EST service on %s:%d (metrics: %s)", host, bound,
              f"127.0.0.1:{metrics_port}" if metrics_port else "off")
-    return RunningServer(port=bound, metrics_port=metrics_port, close=close)
+    return RunningServer(port=bound, metrics_port=metrics_port, refusals=digest, close=close)
+
+
+async def _stop(listener: Listener | None, runner: web.AppRunner, digest: RefusalDigest,
+                flush: Flush) -> None:
+    """Stop accepting, finish the requests in progress, then record the last refusals."""
+    if listener is not None:
+        await listener.close()
+    await runner.cleanup()
+    await digest.stop(flush)
 
 
 async def _start_metrics(metrics: Metrics, port: int) -> tuple[web.AppRunner | None, int | None]:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import http.client
+import socket
 import ssl
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -20,12 +24,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from fleet import pki
+from fleet.audit import RefusalDigest
 from fleet.authority import Authority, IssuedToken, TokenCredential
-from fleet.ca import Paths
-from fleet.registry import utcnow
+from fleet.ca import CA, Paths
+from fleet.errors import RegistryUnavailableError
+from fleet.registry import make_engine, migrate, utcnow
 from fleet.registry.engine import session as new_session
 from fleet.registry.models import AuditEvent, BootstrapToken, Certificate, Device
-from fleet.settings import Settings
+from fleet.settings import Settings, load_settings
 from provisioning.server import RunningServer, start
 
 EST = "/.well-known/est"
@@ -80,6 +86,8 @@ class Est:
     metrics_port: int | None
     tmp: Path
     engine: Engine
+    digest: RefusalDigest
+    """The service's digest of refusals without a verified identity."""
 
     @property
     def ca_file(self) -> Path:
@@ -107,6 +115,12 @@ class Est:
             return Reply(response.status, response.headers, response.read())
         finally:
             connection.close()
+
+    def tls_socket(self, source: str | None = None) -> ssl.SSLSocket:
+        """A TLS connection to the service (from *source* when given), for hand-made requests."""
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=30,
+                                       source_address=(source, 0) if source else None)
+        return self.context().wrap_socket(raw, server_hostname="localhost")
 
     def get(self, path: str, **kwargs: object) -> Reply:
         return self.request("GET", path, **kwargs)  # type: ignore[arg-type]
@@ -152,6 +166,12 @@ class Est:
     def refusals(self, action: str) -> list[AuditEvent]:
         return [e for e in self.audit(action) if e.outcome == "refused"]
 
+    def record_refusals(self) -> None:
+        """Record the aggregated refusals now, as the service does every interval."""
+        aggregates = self.digest.drain()
+        if aggregates:
+            self.authority.record_refusals(aggregates)
+
     def snapshot(self) -> tuple[list[tuple[object, ...]], ...]:
         """Everything but the audit log, to show a refusal changed nothing."""
         with new_session(self.engine) as session:
@@ -161,6 +181,22 @@ class Est:
                 sorted((t.id, t.uses_left, t.revoked_at)
                        for t in session.exec(select(BootstrapToken))),
             )
+
+
+def closed_after(sock: socket.socket, *, limit: float) -> float | None:
+    """Seconds until the server closes *sock* (reading and discarding what it sends), or None
+    if it is still open after *limit* seconds."""
+    started = time.monotonic()
+    while (left := limit - (time.monotonic() - started)) > 0:
+        sock.settimeout(left)
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - started
+        except TimeoutError:
+            return None
+        except OSError:  # reset, or TLS aborted without close_notify
+            return time.monotonic() - started
+    return None
 
 
 def b64(der: bytes, *, width: int = 64, newline: bytes = b"\r\n") -> bytes:
@@ -204,6 +240,32 @@ class ServerThread:
         self.loop.close()
 
 
+EstFactory = Callable[..., Est]
+
+
+@pytest.fixture
+def make_est(data_dir: Path, ca: CA, tmp_path: Path) -> Iterator[EstFactory]:
+    """Start EST services: ``make_est(database_url=None, **FLEET_* variables)``."""
+    running: list[tuple[ServerThread, Engine]] = []
+
+    def factory(database_url: str | None = None, **env: str) -> Est:
+        url = database_url or f"sqlite:///{data_dir / 'fleet.db'}"
+        environ = {"FLEET_DATABASE_URL": url, "FLEET_EST_METRICS_PORT": "0", **env}
+        settings = load_settings(environ={"FLEET_DATA_DIR": str(data_dir), **environ})
+        engine = make_engine(url, pool_size=5)
+        with contextlib.suppress(RegistryUnavailableError):  # a service without its database
+            migrate(engine)
+        thread = ServerThread(settings)
+        running.append((thread, engine))
+        authority = Authority(settings=settings, engine=engine, ca=ca)
+        return Est(settings=settings, authority=authority, port=thread.server.port,
+                   metrics_port=thread.server.metrics_port, tmp=tmp_path, engine=engine,
+                   digest=thread.server.refusals)
+
+    yield factory
+    for thread, engine in running:
+        thread.stop()
+        engine.dispose()
 
 
 def past_authority(est: Est, days: float) -> Authority:
@@ -222,6 +284,7 @@ class Baseline:
 
 
 def baseline(est: Est, action: str) -> Baseline:
+    est.record_refusals()
     return Baseline(est.snapshot(), len(est.refusals(action)), action)
 
 
@@ -236,6 +299,7 @@ def expect_refusal(est: Est, reply: Reply, status: int, before: Baseline,
     if status == 401:
         assert reply.headers["WWW-Authenticate"] == 'Basic realm="fleet"'
     assert est.snapshot() == before.state
+    est.record_refusals()
     refusals = est.refusals(before.action)
     assert len(refusals) == before.refusals + 1, [r.reason for r in refusals]
     return refusals[-1]

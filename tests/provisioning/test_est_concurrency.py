@@ -17,6 +17,8 @@ from fleet.registry.engine import session as new_session
 from fleet.registry.models import BootstrapToken, Certificate
 
 CLIENTS = 50
+ONE_SOURCE = {"FLEET_EST_MAX_REQUESTS_PER_SOURCE": str(CLIENTS)}
+"""Every client here is 127.0.0.1: let them all be in progress at once."""
 
 
 def _simultaneously(est: Est, requests: list[tuple[str, bytes, dict[str, str],
@@ -60,7 +62,7 @@ def _same_request(est: Est, make: Callable[[int], tuple[str, bytes, dict[str, st
 def test_single_use_token_sent_by_50_simultaneous_requests_issues_once(make_est: object,
                                                                       database_url: str) -> None:
     est: Est = make_est(database_url,  # type: ignore[operator]
-                        FLEET_EST_AUTH_FAILURES_PER_MINUTE="1000")
+                        FLEET_EST_AUTH_FAILURES_PER_MINUTE="1000", **ONE_SOURCE)
     token = est.token()
     auth = "Basic " + base64.b64encode(f":{token}".encode()).decode()
     context = est.context()
@@ -79,7 +81,7 @@ def test_single_use_token_sent_by_50_simultaneous_requests_issues_once(make_est:
 @pytest.mark.slow
 def test_one_certificate_renewed_by_50_simultaneous_requests_renews_once(
         make_est: object, database_url: str) -> None:
-    est: Est = make_est(database_url)  # type: ignore[operator]
+    est: Est = make_est(database_url, **ONE_SOURCE)  # type: ignore[operator]
     device: Enrolled = est.device("dev-race")
     context = est.context(device)
     body = b64(make_csr("dev-race", device.key))
@@ -97,7 +99,7 @@ def test_one_certificate_renewed_by_50_simultaneous_requests_renews_once(
 @pytest.mark.slow
 def test_first_enrollments_of_one_device_with_many_tokens_issue_once(
         make_est: object, database_url: str) -> None:
-    est: Est = make_est(database_url)  # type: ignore[operator]
+    est: Est = make_est(database_url, **ONE_SOURCE)  # type: ignore[operator]
     clients = 20
     tokens = [est.token() for _ in range(clients)]
     context = est.context()

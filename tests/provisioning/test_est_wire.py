@@ -114,6 +114,7 @@ def test_enroll_refused_oversized_chunked_body_413(make_est: object) -> None:
     connection.close()
     assert reply_status == 413, reply_text
     assert est.snapshot() == before.state
+    est.record_refusals()
     assert len(est.refusals("enroll")) == before.refusals + 1
 
 
