@@ -5,7 +5,8 @@ audit row each would let it fill the registry and drown the events that matter. 
 (no certificate, a bad token, a malformed request, a failed handshake) are folded here into
 one :class:`Aggregate` per action, actor and interval, where the actor names the edge and the
 source address (``est:192.0.2.7``, ``broker:192.0.2.7``): how many, the first and last time,
-and one sample reason. At most *max_sources* aggregates are kept an interval; refusals from
+and one sample reason (a caller may split them further by a subject, such as a topic). At
+most *max_sources* aggregates are kept an interval; refusals from
 further sources share one overflow aggregate per action (actor ``est:*``). Events that carry a
 verified identity never come here: they are recorded one by one.
 
@@ -60,18 +61,20 @@ class RefusalDigest:
         self.max_sources = max_sources
         self._clock = clock
         self._lock = threading.Lock()
-        self._open: dict[tuple[str, str], Aggregate] = {}
+        self._open: dict[tuple[str, str, str | None], Aggregate] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, action: str, *, actor: str, reason: str, **detail: object) -> None:
-        """Count one refusal; the *detail* of an aggregate's first refusal is kept."""
+    def add(self, action: str, *, actor: str, reason: str, subject: str | None = None,
+            **detail: object) -> None:
+        """Count one refusal, apart from others of the same actor when *subject* (a topic,
+        say) differs; the *detail* of an aggregate's first refusal is kept."""
         now = self._clock()
         with self._lock:
-            key = (action, actor)
+            key = (action, actor, subject)
             aggregate = self._open.get(key)
             if aggregate is None and len(self._open) >= self.max_sources:
                 actor = actor_of(actor.partition(":")[0], OVERFLOW_SOURCE)
-                key = (action, actor)
+                key = (action, actor, None)
                 aggregate = self._open.get(key)
             if aggregate is None:
                 self._open[key] = Aggregate(action=action, actor=actor, reason=reason,

@@ -1,8 +1,8 @@
 """The mTLS MQTT broker (MQTT 3.1.1): Fleet's own TLS listener and CONNECT gate in front of an
 amqtt broker with Fleet's plugins, and a revocation watcher.
 
-    listener.TLSListener     accept, cap connections, wait for a whole ClientHello, then
-        |                    handshake (CERT_REQUIRED, fleet CA) under a semaphore
+    listener.TLSListener     accept, cap open and pending connections (pending.py), TLS
+        |                    handshake (CERT_REQUIRED, fleet CA) under a deadline
     gate.Gate                read the first packet itself: CONNECT checks, registry admission,
         |                    will policy; refuse with CONNACK, or replay the CONNECT into amqtt
     engine.FleetBroker       amqtt, with sessions bound to the live connection, the topic

@@ -1,11 +1,10 @@
 """The broker's access to the registry: blocking Authority calls on a small thread pool, and
-audit events rate-limited so that a flood of refused connections cannot fill the database."""
+audit events that a flood of refused connections cannot multiply."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
+from fleet.audit import Aggregate, RefusalDigest, actor_of
 from fleet.authority import Admission, Authority
 from fleet.errors import FleetError
 from fleet.registry.models import RevocationEvent
@@ -62,58 +62,69 @@ class Backend:
 
 
 class Audit:
-    """Broker audit events, at most *per_minute* a minute; the excess is counted and the
-    count recorded with the first event of the next minute."""
+    """The broker's audit events.
 
-    def __init__(self, backend: Backend, *, per_minute: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    Events that carry a verified identity (a refused CONNECT with a fleet certificate, a
+    revocation drop, a quota episode) are written one by one, whatever strangers do.
+    Refusals without one (failed handshakes, connections cut by a cap) are aggregated per
+    source address and interval, and so are a device's denied PUBLISH and SUBSCRIBE
+    packets, per device, in a digest of their own (fleet.audit): neither a stranger nor a
+    misbehaving device can turn a flood into one row per packet.
+    """
+
+    def __init__(self, backend: Backend, *, interval: float, max_sources: int) -> None:
         self._backend = backend
-        self._per_minute = per_minute
-        self._clock = clock
-        self._window = -1
-        self._used = 0
-        self._suppressed = 0
+        self._strangers = RefusalDigest(interval=interval, max_sources=max_sources)
+        self._denials = RefusalDigest(interval=interval, max_sources=max_sources)
         self._pending: set[asyncio.Future[Any]] = set()
+
+    def start(self) -> None:
+        self._strangers.start(self._record)
+        self._denials.start(self._record)
 
     def refused(self, action: str, error: FleetError, *, device_id: str | None = None,
                 serial: str | None = None) -> None:
-        """A refused connection, subscription or publication."""
+        """A refusal of a connection that presented a verified fleet certificate."""
         log.info("refused %s: %s", action, error)
-        if self._admit():
-            self._submit(partial(self._backend.authority.audit_refusal, action, error,
-                                 actor=ACTOR, device_id=device_id, serial=serial))
+        self._submit(partial(self._backend.authority.audit_refusal, action, error,
+                             actor=ACTOR, device_id=device_id, serial=serial))
+
+    def unverified(self, action: str, error: FleetError) -> None:
+        """A refusal that proves nothing about the peer (aggregated by source address)."""
+        self._strangers.add(action, actor=actor_of(ACTOR, _host(error.context.get("peer"))),
+                            reason=error.message)
+
+    def denied(self, action: str, error: FleetError, *, identity: str, topic: str) -> None:
+        """A PUBLISH or SUBSCRIBE outside the policy (aggregated by identity and topic)."""
+        log.debug("denied %s: %s", action, error)
+        self._denials.add(action, actor=actor_of(ACTOR, identity), reason=error.message,
+                          subject=topic)
 
     def disconnected(self, action: str, *, reason: str, device_id: str | None,
                      serial: str | None, detail: dict[str, object] | None = None) -> None:
         """The broker dropped a live connection (revocation, suspension, expiry)."""
         log.info("%s: %s", action, reason)
-        if self._admit():
-            self._submit(partial(self._backend.record, action, outcome="ok",
-                                 device_id=device_id, serial=serial, reason=reason,
-                                 detail=detail))
+        self._submit(partial(self._backend.record, action, outcome="ok", device_id=device_id,
+                             serial=serial, reason=reason, detail=detail))
 
-    def _admit(self) -> bool:
-        window = int(self._clock() // 60)
-        if window != self._window:
-            if self._suppressed:
-                suppressed = FleetError(
-                    f"{self._suppressed} further broker events in one minute were not recorded",
-                    suppressed=self._suppressed)
-                self._submit(partial(self._backend.authority.audit_refusal, "broker.audit",
-                                     suppressed, actor=ACTOR))
-            self._window, self._used, self._suppressed = window, 0, 0
-        if self._used >= self._per_minute:
-            self._suppressed += 1
-            return False
-        self._used += 1
-        return True
+    async def _record(self, aggregates: list[Aggregate]) -> None:
+        await self._backend.call(self._backend.authority.record_refusals, aggregates)
 
     def _submit(self, write: Callable[[], object]) -> None:
         future = asyncio.ensure_future(self._backend.call(write))
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
 
-    async def flush(self) -> None:
-        """Wait until every submitted event is written."""
+    async def close(self) -> None:
+        """Record what the digests hold and wait until every submitted event is written."""
+        await self._strangers.stop(self._record)
+        await self._denials.stop(self._record)
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+def _host(peer: object) -> str:
+    """The address part of ``host:port`` or ``[v6]:port``."""
+    text = str(peer) if peer else "unknown"
+    host, colon, port = text.rpartition(":")
+    return host.strip("[]") if colon and port.isdigit() else text

@@ -13,15 +13,17 @@ reads the first packet itself, with the connect timeout (S7), and checks in turn
    0x03 when the registry is unreachable);
 6. the will topic passes the publish policy (else 0x05, S4).
 
-Every refusal is audited (rate-limited). An admitted connection replaces an earlier
-connection of the same client id (MQTT-3.1.4-2), is dropped when its certificate expires
-or after 1.5 x keep-alive of silence (S5), and its CONNECT bytes are replayed into amqtt.
+Every refusal is audited (the certificate is verified: one event each). An admitted connection
+replaces an earlier connection of the same client id (MQTT-3.1.4-2), is dropped when its
+certificate expires or after 1.5 x keep-alive of silence (S5), and its CONNECT bytes are
+replayed into amqtt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from cryptography import x509
 
@@ -95,8 +97,10 @@ class Gate:
         self._broker = broker
         self._connections = connections
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Run one connection from the end of its TLS handshake to its close."""
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    admitted: Callable[[], None]) -> None:
+        """Run one connection from the end of its TLS handshake to its close; *admitted* is
+        called once the CONNECT is accepted (the connection is no longer pending)."""
         certificate = peer_certificate(writer.get_extra_info("ssl_object"))
         identity: Identity | None = None
         problem: FleetError | None = None
@@ -117,6 +121,7 @@ class Gate:
             except Refused as refusal:
                 await self._refuse(connection, writer, refusal)
                 return
+            admitted()
             # Not held for the connection's lifetime (a parsed certificate and its cached
             # extensions are kilobytes per connection); Connection.certificate() reads it again.
             del certificate

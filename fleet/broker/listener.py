@@ -1,56 +1,73 @@
-"""The broker's own TLS listener, with caps on connections and on concurrent handshakes.
+"""The broker's own TLS listener: caps on open and on pending connections, deadlines on the
+handshake, and an accept loop that survives running out of file descriptors.
 
-``asyncio.start_server(ssl=...)`` starts a handshake for every accepted socket at once, with
-no cap. This listener accepts sockets itself, waits (up to the connect timeout) until the
-client has sent its first TLS record, and only then handshakes, under a semaphore and with
-the same timeout. Idle sockets never hold a handshake slot and a stalled handshake holds one
-for a bounded time, so a flood of either cannot lock devices out; sockets beyond
-``max_connections`` are closed as soon as they are accepted.
+``asyncio.start_server(ssl=...)`` gives every accepted socket a 60 s handshake and no cap.
+Here a socket gets ``handshake_timeout`` from accept to the end of its TLS handshake, and is
+*pending* (fleet.broker.pending) until the CONNECT gate admits it: a flood of sockets that
+send nothing, or a replayed ClientHello and nothing after it, only pushes out the oldest of
+its own pending connections and never holds capacity that devices need. Sockets beyond
+``max_connections`` are closed as soon as they are accepted, unless a pending one can make
+room. When accept fails for lack of descriptors (EMFILE, ENFILE), the listener stops
+accepting for a while, logs one line per interval, and resumes by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import functools
 import logging
 import socket
 import ssl
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable
 
+from fleet.broker.pending import Pending, PendingConnections
 from fleet.errors import AuthenticationError, FleetError
 
 log = logging.getLogger(__name__)
 
-TLS_HANDSHAKE_RECORD = 0x16
-_RECORD_HEADER = 5
-_MAX_RECORD = 2**14 + 2048
 _ACCEPT_BATCH = 64
-_POLL = 0.01
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_BACKOFF = (0.05, 1.0)
+"""First and longest pause of the accept loop after running out of descriptors (seconds)."""
+_BACKOFF_LOG_INTERVAL = 10.0
 TLS_READ_BUFFER = 4096
 STREAM_BUFFER = 2**14
 """Bytes a connection's stream reader buffers before it pauses reading the socket."""
 
-OnConnection = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Admitted = Callable[[], None]
+OnConnection = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Admitted], Awaitable[None]]
 OnRefused = Callable[[FleetError], None]
 
 
 class TLSListener:
-    def __init__(self, *, context: ssl.SSLContext, max_connections: int, max_handshakes: int,
-                 timeout: float, on_connection: OnConnection, on_refused: OnRefused) -> None:
+    def __init__(self, *, context: ssl.SSLContext, max_connections: int, max_pending: int,
+                 max_pending_per_source: int, handshake_timeout: float,
+                 on_connection: OnConnection, on_refused: OnRefused) -> None:
         self._context = context
         self._max_connections = max_connections
-        self._handshakes = asyncio.Semaphore(max_handshakes)
-        self._timeout = timeout
+        self._pending = PendingConnections(limit=max_pending, per_source=max_pending_per_source)
+        self._timeout = handshake_timeout
         self._on_connection = on_connection
         self._on_refused = on_refused
         self._socket: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
+        self._backoff = 0.0
+        self._paused: asyncio.TimerHandle | None = None
+        self._accept_failures = 0
+        self._failure_logged_at = -_BACKOFF_LOG_INTERVAL
         limit_tls_read_buffer()
 
     @property
     def open_connections(self) -> int:
         return len(self._tasks)
+
+    @property
+    def pending_connections(self) -> int:
+        return len(self._pending)
 
     async def start(self, host: str, port: int) -> int:
         """Listen on *host*:*port* (0 picks a free port); returns the bound port."""
@@ -63,6 +80,9 @@ class TLSListener:
         return bound
 
     def stop_accepting(self) -> None:
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
         if self._socket is not None:
             self._loop.remove_reader(self._socket.fileno())
             self._socket.close()
@@ -85,97 +105,78 @@ class TLSListener:
             try:
                 sock, address = self._socket.accept()
             except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and friends: leave the rest in the backlog
+                break
+            except OSError as exc:
+                if exc.errno in _OUT_OF_DESCRIPTORS:
+                    self._pause(exc)
+                    return
                 log.warning("accept failed: %s", exc)
-                return
-            peer = _format_peer(address)
-            if len(self._tasks) >= self._max_connections:
+                break
+            self._backoff = 0.0
+            host, peer = _format_peer(address)
+            if len(self._tasks) >= self._max_connections and not self._pending.evict_oldest(
+                    f"connection limit of {self._max_connections} reached"):
                 sock.close()
-                self._on_refused(FleetError(
+                self._on_refused(AuthenticationError(
                     f"connection limit of {self._max_connections} reached", peer=peer))
                 continue
             sock.setblocking(False)
-            task = self._loop.create_task(self._serve(sock, peer))
+            entry = self._pending.add(host, functools.partial(self._evict, sock, peer))
+            task = self._loop.create_task(self._serve(sock, peer, entry))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, sock: socket.socket, peer: str) -> None:
+    def _evict(self, sock: socket.socket, peer: str, reason: str) -> None:
+        """Cut a pending connection: its handshake or CONNECT read ends with an error."""
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        self._on_refused(AuthenticationError(f"closed while pending admission: {reason}",
+                                             peer=peer))
+
+    def _pause(self, exc: OSError) -> None:
+        """Out of descriptors: stop accepting for a while instead of spinning on EMFILE."""
+        assert self._socket is not None
+        self._backoff = min(max(self._backoff * 2, ACCEPT_BACKOFF[0]), ACCEPT_BACKOFF[1])
+        self._accept_failures += 1
+        now = self._loop.time()
+        if now - self._failure_logged_at >= _BACKOFF_LOG_INTERVAL:
+            log.warning("accept failed %d times (%s): pausing accepts, retrying every %gs at "
+                        "most", self._accept_failures, exc.strerror or exc, ACCEPT_BACKOFF[1])
+            self._failure_logged_at, self._accept_failures = now, 0
+        self._loop.remove_reader(self._socket.fileno())
+        self._paused = self._loop.call_later(self._backoff, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = None
+        if self._socket is not None:
+            self._loop.add_reader(self._socket.fileno(), self._accept)
+            self._accept()
+
+    async def _serve(self, sock: socket.socket, peer: str, entry: Pending) -> None:
         try:
-            problem = await self._client_hello(sock)
-            if problem is not None:
-                self._on_refused(AuthenticationError(problem, peer=peer))
-                return
             try:
                 reader, writer = await self._handshake(sock)
             except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
                 self._on_refused(AuthenticationError(_handshake_failure(exc), peer=peer))
                 return
             try:
-                await self._on_connection(reader, writer)
+                await self._on_connection(reader, writer,
+                                          functools.partial(self._pending.settle, entry))
             finally:
                 writer.transport.abort()
         except Exception:
             log.exception("connection from %s failed", peer)
         finally:
+            self._pending.settle(entry)
             sock.close()
-
-    async def _client_hello(self, sock: socket.socket) -> str | None:
-        """Wait until the client's first TLS record (its ClientHello) has fully arrived.
-
-        Returns why not, or None. Nothing is consumed: the bytes stay for the handshake.
-        """
-        deadline = self._loop.time() + self._timeout
-        readable: asyncio.Future[None] = self._loop.create_future()
-        fd = sock.fileno()
-
-        def ready() -> None:
-            if not readable.done():
-                readable.set_result(None)
-
-        self._loop.add_reader(fd, ready)
-        try:
-            async with asyncio.timeout(self._timeout):
-                await readable
-        except TimeoutError:
-            return f"no TLS ClientHello within {self._timeout:g}s"
-        finally:
-            self._loop.remove_reader(fd)
-        need = _RECORD_HEADER
-        while True:
-            try:
-                head = sock.recv(need, socket.MSG_PEEK)
-            except BlockingIOError:
-                head = b"?"  # readable was signalled; nothing new yet
-            except OSError as exc:
-                return f"connection lost before the TLS handshake: {exc}"
-            if not head:
-                return "connection closed before the TLS handshake"
-            if head[0] != TLS_HANDSHAKE_RECORD:
-                return "not a TLS ClientHello (plain MQTT or another protocol on the TLS port)"
-            if len(head) >= _RECORD_HEADER:
-                need = min(_RECORD_HEADER + int.from_bytes(head[3:5], "big"), _MAX_RECORD)
-                if len(head) >= need:
-                    return None
-            if self._loop.time() >= deadline:
-                return f"incomplete TLS ClientHello after {self._timeout:g}s"
-            await asyncio.sleep(_POLL)
 
     async def _handshake(self, sock: socket.socket) -> tuple[asyncio.StreamReader,
                                                               asyncio.StreamWriter]:
-        if self._handshakes.locked():
-            async with asyncio.timeout(self._timeout):
-                await self._handshakes.acquire()
-        else:
-            await self._handshakes.acquire()
-        try:
-            reader = asyncio.StreamReader(limit=STREAM_BUFFER)
-            protocol = asyncio.StreamReaderProtocol(reader)
-            transport, _ = await self._loop.connect_accepted_socket(
-                lambda: protocol, sock, ssl=self._context, ssl_handshake_timeout=self._timeout)
-            return reader, asyncio.StreamWriter(transport, protocol, reader, self._loop)
-        finally:
-            self._handshakes.release()
+        reader = asyncio.StreamReader(limit=STREAM_BUFFER)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport, _ = await self._loop.connect_accepted_socket(
+            lambda: protocol, sock, ssl=self._context, ssl_handshake_timeout=self._timeout)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, self._loop)
 
 
 def limit_tls_read_buffer() -> None:
@@ -188,17 +189,25 @@ def limit_tls_read_buffer() -> None:
     sslproto.SSLProtocol.max_size = min(sslproto.SSLProtocol.max_size, TLS_READ_BUFFER)
 
 
-def _format_peer(address: object) -> str:
+def _format_peer(address: object) -> tuple[str, str]:
+    """(host, host:port) of a peer address."""
     if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address)
+        host, port = str(address[0]), address[1]
+        return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address), str(address)
+
+
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL",
+                      "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"})
+"""OpenSSL's reasons for a first record that is not TLS at all."""
 
 
 def _handshake_failure(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS handshake failed: certificate verify failed: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
+        if exc.reason in _NOT_TLS:
+            return "not a TLS ClientHello (plain MQTT or another protocol on the TLS port)"
         return f"TLS handshake failed: {exc.reason or exc}"
     if isinstance(exc, TimeoutError | ConnectionAbortedError):
         return "TLS handshake timed out"

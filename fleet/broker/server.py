@@ -67,7 +67,7 @@ class RunningServer:
             connection.abort("broker shutting down")
         await self._listener.close()
         await self.broker.shutdown()
-        await self._audit.flush()
+        await self._audit.close()
         await asyncio.to_thread(self._backend.close)
         await asyncio.to_thread(self._backend.authority.engine.dispose)
 
@@ -86,16 +86,16 @@ async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
     await asyncio.to_thread(migrate, engine)
     authority = Authority(settings=settings, engine=engine, trust=load_trust(settings))
     backend = Backend(authority)
-    audit = Audit(backend, per_minute=60)
+    audit = Audit(backend, interval=settings.audit_refusal_interval.total_seconds(),
+                  max_sources=settings.audit_refusal_sources)
+    audit.start()
     connections = Connections()
 
     def denied(connection: Connection | None, action: Action, topic: str) -> None:
         identity = connection.identity if connection is not None else None
-        device_id = identity.name if identity is not None and identity.kind == "device" else None
         error = ForbiddenError(f"{identity or 'unknown client'} may not {action} {topic!r}",
                                topic=topic, peer=connection.peer if connection else None)
-        audit.refused(f"broker.{action}", error, device_id=device_id,
-                      serial=connection.serial if connection else None)
+        audit.denied(f"broker.{action}", error, identity=str(identity or "unknown"), topic=topic)
 
     broker = FleetBroker(broker_config(), max_queued_messages=settings.max_queued_messages,
                          on_denied=denied)
@@ -104,12 +104,13 @@ async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
                 connections=connections)
 
     def handshake_refused(error: FleetError) -> None:
-        audit.refused("broker.handshake", error)
+        audit.unverified("broker.handshake", error)
 
     listener = TLSListener(
         context=context, max_connections=settings.max_connections,
-        max_handshakes=settings.max_pending_connections,
-        timeout=settings.connect_timeout.total_seconds(), on_connection=gate.serve,
+        max_pending=settings.max_pending_connections,
+        max_pending_per_source=settings.max_pending_per_source,
+        handshake_timeout=settings.handshake_timeout.total_seconds(), on_connection=gate.serve,
         on_refused=handshake_refused)
     watcher = RevocationWatcher(backend=backend, audit=audit, connections=connections,
                                 broker=broker,

@@ -18,6 +18,7 @@ import typer
 from fleet.cli.context import fleet_of
 from fleet.cli.init import initialize
 from fleet.cli.output import command_group, note, say
+from fleet.descriptors import fit_open_files
 from fleet.errors import FleetError
 from fleet.settings import Settings
 
@@ -72,6 +73,7 @@ def est(
     serve = cast(Serve, service(EST_MODULE, "serve"))
     fleet.engine  # noqa: B018 - apply migrations before the workers start
     fleet.close()
+    settings = fit_open_files(settings, services=("est",))
     serve(settings, host=settings.est_host, port=settings.est_port, workers=settings.est_workers)
 
 
@@ -88,6 +90,7 @@ def broker(
     serve = cast(Serve, service(BROKER_MODULE, "serve"))
     fleet.engine  # noqa: B018 - apply migrations before listening
     fleet.close()
+    settings = fit_open_files(settings, services=("broker",))
     serve(settings, host=settings.broker_host, port=settings.broker_port)
 
 
@@ -109,7 +112,8 @@ def up(
         for line in report.lines():
             note(line)
     fleet.close()
-    asyncio.run(_run_both(fleet.settings, start_est, start_broker))
+    settings = fit_open_files(fleet.settings, services=("est", "broker"))
+    asyncio.run(_run_both(settings, start_est, start_broker))
 
 
 async def _run_both(settings: Settings, start_est: Start, start_broker: Start) -> None:

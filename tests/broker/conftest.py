@@ -78,6 +78,7 @@ def start_broker(data_dir: Path, sqlite_authority: Authority) -> Iterator[StartB
 
     def start(*, database_url: str | None = None, **overrides: str) -> BrokerThread:
         env = {f"FLEET_BROKER_{key.upper()}": value for key, value in overrides.items()}
+        env.setdefault("FLEET_AUDIT_REFUSAL_INTERVAL", "100ms")  # aggregates show up at once
         if database_url:
             env["FLEET_DATABASE_URL"] = database_url
         broker = BrokerThread(load_settings(environ={"FLEET_DATA_DIR": str(data_dir), **env}))

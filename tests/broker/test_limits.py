@@ -71,22 +71,42 @@ def test_stalled_handshakes_do_not_lock_devices_out(enroll: Enroll,
 
 def test_connection_limit_refuses_extra_sockets(enroll: Enroll, start_broker: StartBroker,
                                                 sqlite_engine: Engine) -> None:
-    broker = start_broker(max_connections="3")
-    device = enroll("d1")
-    with open_sockets(broker.port, 3):
-        time.sleep(0.2)
-        refused = Client(broker.port, device)
+    """With max_connections admitted connections open, a further socket is closed at once."""
+    broker = start_broker(max_connections="2")
+    admitted = [Client(broker.port, enroll(f"d{i}")) for i in range(2)]
+    try:
+        for client in admitted:
+            assert client.connect() == 0
+        late = enroll("d9")
+        refused = Client(broker.port, late)
         assert refused.connect() is None
         refused.close()
-    assert wait_until(lambda: any("connection limit of 3" in (e.reason or "")
+    finally:
+        for client in admitted:
+            client.close()
+    assert wait_until(lambda: any("connection limit of 2" in (e.reason or "")
                                   for e in audit_events(sqlite_engine, "broker.handshake")))
     assert wait_until(lambda: broker.connection_count() == 0)
-    time.sleep(0.1)
-    admitted = Client(broker.port, device)
+    again = Client(broker.port, late)
     try:
-        assert admitted.connect() == 0
+        assert again.connect() == 0
     finally:
-        admitted.close()
+        again.close()
+
+
+def test_connection_limit_makes_room_by_closing_pending_sockets(
+        enroll: Enroll, start_broker: StartBroker) -> None:
+    """Sockets that never finished a handshake give way to a device at the connection cap."""
+    broker = start_broker(max_connections="3")
+    device = enroll("d1")
+    with open_sockets(broker.port, 3) as idle:
+        time.sleep(0.2)
+        client = Client(broker.port, device)
+        try:
+            assert client.connect() == 0
+        finally:
+            client.close()
+        assert closed_within(idle[0], 1.0) is not None  # the oldest one was cut
 
 
 def test_packet_over_size_limit_closes_connection(enroll: Enroll,
