@@ -21,7 +21,18 @@ Decisions worth knowing:
 - A PUBLISH outside the identity's topics is dropped and audited; the client stays connected
   (as with Mosquitto: MQTT 3.1.1 cannot tell it why, and a disconnect would only start a
   reconnect loop). A PUBLISH to an invalid topic name closes the connection.
-- A client that falls ``max_queued_messages`` behind loses messages; it is not disconnected.
+- Quotas per device (fleet.broker.quotas, all in ``[broker]`` settings), each refusal
+  episode audited once as ``broker.quota``: a packet above ``max_packet_bytes`` closes the
+  connection; a client whose queue budget (``max_queued_messages`` / ``max_queued_bytes``:
+  deliveries not yet flushed or acknowledged, its offline queue and its unreleased inbound
+  QoS 2 messages) is full loses new messages, without being disconnected; an inbound QoS 2
+  message not released within ``qos2_release_timeout`` is discarded (a late PUBREL still
+  gets its PUBCOMP); a filter beyond ``max_subscriptions`` (or longer than 1 KiB, deeper
+  than 32 levels) gets SUBACK 0x80; a retained message beyond the device's
+  ``max_retained_messages`` / ``max_retained_bytes`` is routed but not retained (replacing
+  or clearing one of its own frees its place). With the defaults one device pins at most
+  about 6.3 MiB (:func:`fleet.broker.quotas.pinned_bytes`).
+- The broker stops reading from a client while the client does not read what it is sent.
 - Revoked or suspended identities are dropped without their will; a keep-alive timeout or an
   expired certificate publishes it, as any abnormal disconnect does.
 - Stored sessions do not expire on their own; revocation and suspension purge them.

@@ -11,13 +11,14 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from amqtt.adapters import ReaderAdapter, StreamWriterAdapter
 from cryptography import x509
 
 from fleet.acl import NOTHING, Grants
 from fleet.broker import packets
+from fleet.broker.quotas import CACHED_TOPIC_LENGTH
 from fleet.broker.session import RELEASED, outgoing
 from fleet.broker.tls import peer_certificate
 from fleet.pki import Identity
@@ -30,22 +31,36 @@ SESSION_KEY = "fleet.connection"
 
 _TOPIC_CACHE = 256
 READ_CHUNK = 2**14
-PUBLISH, PUBACK, PUBREC, PUBCOMP = 3, 4, 5, 7
-_SHORT_PATH = frozenset((PUBLISH, PUBACK, PUBREC, PUBCOMP))
+PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 3, 4, 5, 6, 7
+_SHORT_PATH = frozenset((PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP))
 _COMPLETES = {PUBACK: 1, PUBCOMP: 2}  # the acknowledgement that ends a QoS 1 / QoS 2 delivery
 
 OnPublish = Callable[["Session", str, bytes, int, bool], None]
 log = logging.getLogger(__name__)
 
 
+class Receiver(Protocol):
+    """The broker's side of the packets :class:`ConnectionReader` handles beyond QoS 0/1."""
+
+    def hold(self, session: Session, packet_id: int, topic: str, data: bytes,
+             retain: bool) -> None:
+        """An inbound QoS 2 PUBLISH (the reader answers PUBREC)."""
+
+    def release(self, session: Session, packet_id: int) -> None:
+        """Its PUBREL (the reader answers PUBCOMP)."""
+
+    def oversized(self, connection: Connection, size: int) -> None:
+        """A packet above the size limit (the reader closes the connection)."""
+
+
 class Connection:
     """A TLS connection whose peer certificate was verified in the handshake."""
 
     __slots__ = (
-        "_acknowledged", "_keep_alive", "_pending", "_publish", "_receive", "admitted_at",
-        "client_id", "closing_reason", "dropped", "finished", "grants", "identity",
-        "last_rx", "loop", "peer", "serial", "session", "suppress_will",
-        "transport", "unflushed",
+        "_acknowledged", "_keep_alive", "_pending", "_pending_sent", "_pending_sent_bytes",
+        "_publish", "_receive", "_stream", "admitted_at", "client_id", "closing_reason",
+        "dropped", "finished", "grants", "identity", "last_rx", "loop", "peer", "serial",
+        "session", "suppress_will", "transport", "unflushed", "unflushed_bytes",
     )
 
     def __init__(self, *, transport: asyncio.WriteTransport, serial: str,
@@ -62,12 +77,17 @@ class Connection:
         self.closing_reason: str | None = None
         self.suppress_will = False
         self.last_rx = self.loop.time()
-        self.unflushed = 0  # QoS 0 deliveries written while the socket was backed up
+        # QoS 0 deliveries (and their bytes) written since the socket last drained
+        # completely: upper bounds of what is still unsent, tightened by backlog(exact=True).
+        self.unflushed = 0
+        self.unflushed_bytes = 0
         self.dropped = 0
         self.finished: asyncio.Future[None] = self.loop.create_future()
         self._receive: dict[str, bool] = {}
         self._publish: dict[str, bool] = {}
         self._pending: list[bytes] = []
+        self._pending_sent = self._pending_sent_bytes = 0  # QoS 0 deliveries among _pending
+        self._stream: asyncio.StreamWriter | None = None  # set by ConnectionWriter
         self._acknowledged = False  # CONNACK sent: queued packets may leave
         self._keep_alive: asyncio.TimerHandle | None = None
 
@@ -77,6 +97,12 @@ class Connection:
     def certificate(self) -> x509.Certificate:
         """The certificate the peer presented on this connection (parsed again: not kept)."""
         return peer_certificate(self.transport.get_extra_info("ssl_object"))
+
+    @property
+    def device_id(self) -> str | None:
+        """The device this connection's certificate names (None for a service)."""
+        identity = self.identity
+        return identity.name if identity is not None and identity.kind == "device" else None
 
     @property
     def closing(self) -> bool:
@@ -103,34 +129,39 @@ class Connection:
         """May a message on *topic* be delivered here (remembered per topic)?"""
         allowed = self._receive.get(topic)
         if allowed is None:
-            if len(self._receive) >= _TOPIC_CACHE:
-                self._receive.clear()
-            allowed = self._receive[topic] = self.grants.may_receive(topic)
+            allowed = self.grants.may_receive(topic)
+            _remember(self._receive, topic, allowed)
         return allowed
 
     def may_publish(self, topic: str) -> bool:
         """May this connection publish to *topic* (remembered per topic)?"""
         allowed = self._publish.get(topic)
         if allowed is None:
-            if len(self._publish) >= _TOPIC_CACHE:
-                self._publish.clear()
-            allowed = self._publish[topic] = self.grants.may_publish(topic)
+            allowed = self.grants.may_publish(topic)
+            _remember(self._publish, topic, allowed)
         return allowed
 
-    def send(self, packet: bytes, *, limit: int) -> bool:
-        """Write *packet* unless *limit* packets are already backed up (then drop it).
+    def backlog(self, *, exact: bool = False) -> tuple[int, int]:
+        """QoS 0 deliveries and their bytes, queued or written and maybe not yet sent.
 
-        Backed up: written since the socket last drained completely, or still pending.
+        Cheap upper bounds, counted since the socket last drained completely; the socket's
+        buffer is looked at only when *exact*. (QoS 1 and 2 deliveries are counted by the
+        session, which holds them until acknowledged.)
         """
-        if self.transport.is_closing():
-            return False
-        if self.unflushed + len(self._pending) >= limit:
-            if len(self._pending) >= limit or self.transport.get_write_buffer_size() != 0:
-                self.dropped += 1
-                return False
-            self.unflushed = 0
+        if exact:
+            buffered = self.transport.get_write_buffer_size()
+            if buffered:
+                self.unflushed_bytes = min(self.unflushed_bytes, buffered)
+            else:
+                self.unflushed = self.unflushed_bytes = 0
+        return (self.unflushed + self._pending_sent,
+                self.unflushed_bytes + self._pending_sent_bytes)
+
+    def send(self, packet: bytes) -> None:
+        """Write a QoS 0 delivery, counted in the backlog."""
+        self._pending_sent += 1
+        self._pending_sent_bytes += len(packet)
         self.write(packet)
-        return True
 
     def write(self, packet: bytes) -> None:
         """Queue *packet*; everything queued in one event-loop turn leaves in one write.
@@ -151,13 +182,22 @@ class Connection:
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
+        sent, size = self._pending_sent, self._pending_sent_bytes
+        self._pending_sent = self._pending_sent_bytes = 0
         transport = self.transport
         if transport.is_closing():
             return
         if transport.get_write_buffer_size() == 0:
-            self.unflushed = 0
-        self.unflushed += len(pending)
+            self.unflushed = self.unflushed_bytes = 0
+        self.unflushed += sent
+        self.unflushed_bytes += size
         transport.write(b"".join(pending) if len(pending) > 1 else pending[0])
+
+    async def writable(self) -> None:
+        """Return once the socket takes writes again: a peer that does not read what it is
+        sent (acknowledgements of its own packets included) is not read from either."""
+        if self._stream is not None:
+            await self._stream.drain()
 
     def watch_keep_alive(self, keep_alive: int, on_idle: Callable[[Connection], None]) -> None:
         """Call *on_idle* once nothing arrived for 1.5 x *keep_alive* seconds (MQTT-3.1.2-24)."""
@@ -182,6 +222,13 @@ class Connection:
             self.transport.abort()
         if not self.finished.done():
             self.finished.set_result(None)
+
+
+def _remember(cache: dict[str, bool], topic: str, allowed: bool) -> None:
+    if len(topic) <= CACHED_TOPIC_LENGTH:
+        if len(cache) >= _TOPIC_CACHE:
+            cache.clear()
+        cache[topic] = allowed
 
 
 def connection_of(session: Session | None) -> Connection | None:
@@ -250,12 +297,16 @@ def _discard(index: dict[Any, set[Connection]], key: Any, connection: Connection
 class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
     """amqtt's view of the stream: the CONNECT the gate already read, then the socket.
 
-    The reader keeps track of packet boundaries. QoS 0 and 1 PUBLISH packets, and PUBACK,
-    PUBREC and PUBCOMP for the deliveries the broker writes (all outgoing QoS 1 and 2 ones),
-    are parsed and handled here (a PUBLISH goes to *on_publish*, then a QoS 1 one is
-    acknowledged; a PUBREC is answered with PUBREL); amqtt's protocol handler reads every
-    other packet, and may read no further than the end of the packet it is in. Also records
-    when data last arrived (keep-alive) and refuses packets above the size limit.
+    The reader keeps track of packet boundaries. Every PUBLISH, its PUBREL, and PUBACK,
+    PUBREC and PUBCOMP for the deliveries the broker writes (all outgoing QoS 1 and 2 ones)
+    are parsed and handled here once the broker has attached its :class:`Receiver`: a QoS 0
+    or 1 PUBLISH goes to *on_publish*, then a QoS 1 one is acknowledged; a QoS 2 one is
+    held by the receiver and answered with PUBREC, its PUBREL releases it and is answered
+    with PUBCOMP (also for an unknown or discarded one, 4.3.3); a PUBREC is answered with
+    PUBREL. amqtt's protocol handler reads every other packet, and may read no further than
+    the end of the packet it is in. Also records when data last arrived (keep-alive),
+    closes the connection on a packet above the size limit, whatever its type, and stops
+    reading while the peer does not read what it is sent.
     """
 
     def __init__(self, reader: asyncio.StreamReader, connection: Connection, *, replay: bytes,
@@ -267,6 +318,7 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
         self._left = 0  # bytes of the packet amqtt is reading that it has not read yet
         self._max = max_packet_bytes
         self._on_publish = on_publish
+        self.receiver: Receiver | None = None  # attached by the broker with the session
 
     async def read(self, n: int = -1) -> bytes:
         if self._left == 0 and not await self._next_packet_for_amqtt():
@@ -287,14 +339,15 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
         if have >= n:
             return True
         parts = [self._data[self._position:]]
+        connection = self._connection
         while have < n:
+            await connection.writable()
             chunk = await self._reader.read(max(n - have, READ_CHUNK))
             if not chunk:
                 return False
             parts.append(chunk)
             have += len(chunk)
         self._data, self._position = b"".join(parts), 0
-        connection = self._connection
         connection.last_rx = connection.loop.time()
         return True
 
@@ -318,11 +371,13 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
                     return False
                 data, start = self._data, self._position
             total = header + length
-            if length > self._max:
-                self._connection.abort(f"packet larger than {self._max} bytes")
+            if total > self._max:
+                if self.receiver is not None:
+                    self.receiver.oversized(self._connection, total)
+                self._connection.abort(f"packet of {total} bytes, above {self._max}")
                 return False
             kind = data[start] >> 4
-            if kind in _SHORT_PATH and length <= READ_CHUNK:
+            if kind in _SHORT_PATH:
                 if not await self._fill(total):
                     return False
                 packet = self._data[self._position:self._position + total]
@@ -333,27 +388,32 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
             return True
 
     def _short_path(self, packet: bytes, header: int) -> bool:
-        """Handle *packet* here if it is a QoS 0/1 PUBLISH or acknowledges a delivery."""
-        connection, session = self._connection, self._connection.session
-        if session is None:
+        """Handle *packet* here if it is a PUBLISH, a PUBREL or acknowledges a delivery."""
+        connection, session, receiver = self._connection, self._connection.session, self.receiver
+        if session is None or receiver is None:
             return False
         flags = packet[0] & 0x0F
         kind = packet[0] >> 4
         if kind != PUBLISH:
-            if len(packet) != 4 or flags:
+            if len(packet) != 4 or flags != (0x02 if kind == PUBREL else 0):
                 return False  # malformed: amqtt's parser reports it
             packet_id = int.from_bytes(packet[2:4], "big")
+            if kind == PUBREL:
+                receiver.release(session, packet_id)
+                connection.write(b"\x70\x02" + packet[2:4])  # PUBCOMP
+                return True
             message = outgoing(session, packet_id)
             if kind == PUBREC:  # 4.3.3: PUBREL answers every PUBREC, and is resent on resume
                 if message is not None and message.qos == 2:
                     message.pubrel_packet = RELEASED
                 connection.write(packets.pubrel(packet_id))
             elif message is not None and message.qos == _COMPLETES[kind]:
-                del session.inflight_out[packet_id]
+                session.complete(packet_id)
             return True
         qos = (flags >> 1) & 0x03
-        if qos > 1:
-            return False  # QoS 2 (or the invalid 3): amqtt's flow
+        if qos == 3:  # MQTT-3.3.1-4
+            connection.abort("PUBLISH with QoS 3")
+            return True
         end = header + 2 + int.from_bytes(packet[header:header + 2], "big")
         try:
             topic = packet[header + 2:end].decode("utf-8")
@@ -373,13 +433,17 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
             connection.abort("malformed PUBLISH")
             return True
         try:
-            self._on_publish(session, topic, packet[end:], qos, bool(flags & 0x01))
+            if qos == 2:
+                receiver.hold(session, int.from_bytes(identifier, "big"), topic, packet[end:],
+                              bool(flags & 0x01))
+            else:
+                self._on_publish(session, topic, packet[end:], qos, bool(flags & 0x01))
         except Exception:
             log.exception("routing a PUBLISH from %s failed", connection)
             connection.abort("internal error while routing a PUBLISH")
             return True
-        if qos:
-            connection.write(b"\x40\x02" + identifier)  # PUBACK, after routing
+        if qos:  # PUBACK or PUBREC, after routing or holding
+            connection.write(bytes((0x40 if qos == 1 else 0x50, 0x02)) + identifier)
         return True
 
     def feed_eof(self) -> None:
@@ -392,3 +456,4 @@ class ConnectionWriter(StreamWriterAdapter):  # type: ignore[misc]
     def __init__(self, writer: asyncio.StreamWriter, connection: Connection) -> None:
         super().__init__(writer)
         self.connection = connection
+        connection._stream = writer

@@ -8,20 +8,27 @@ What changes against stock amqtt 0.12.1 (S1-S7 are listed in docs/broker-securit
 - retained messages go only to the session that subscribed, and only if it may receive the
   topic (S3); every delivery, live or queued for an offline session, passes the RECEIVE check;
 - a message is routed as soon as it is read (no per-session or global queue), delivered at
-  min(publish QoS, subscription QoS), and each client's backlog is bounded: QoS 0 packets that
-  would exceed ``max_queued_messages`` unflushed packets, QoS 1/2 deliveries beyond that many
-  unacknowledged ones, and messages queued for an offline session beyond that many are dropped;
-- QoS 0 and 1 PUBLISH packets and the acknowledgements of outgoing deliveries (PUBACK,
-  PUBREC, PUBCOMP) take a short path: ConnectionReader parses them and calls
-  :meth:`FleetBroker.receive`; every QoS 1 and 2 delivery is written here and tracked in the
-  session's ``inflight_out``. Everything else, the inbound QoS 2 flow included, goes through
-  amqtt's protocol handler;
+  min(publish QoS, subscription QoS), and each client has one queue budget
+  (``max_queued_messages`` / ``max_queued_bytes``, fleet.broker.quotas) shared by what it
+  holds (QoS 1/2 deliveries not yet acknowledged, messages queued while it is offline,
+  inbound QoS 2 messages it has not released) and the QoS 0 deliveries not yet flushed to
+  its socket; a message beyond it is dropped;
+- every PUBLISH, PUBREL and acknowledgement of an outgoing delivery (PUBACK, PUBREC,
+  PUBCOMP) takes a short path: ConnectionReader parses it and calls :meth:`receive`,
+  :meth:`hold` or :meth:`release`; an inbound QoS 2 message waits in the session until its
+  PUBREL or ``qos2_release_timeout``, across connections. Every QoS 1 and 2 delivery is
+  written here and tracked in the session's ``inflight_out``. SUBSCRIBE, UNSUBSCRIBE,
+  PINGREQ and DISCONNECT go through amqtt's protocol handler;
 - a QoS 1 delivery stays in ``inflight_out`` until its PUBACK arrives, a QoS 2 delivery until
   its PUBCOMP, across connections: when a persistent session resumes, an unacknowledged
   PUBLISH is sent again, DUP set and with the same packet identifier, and a PUBREL whose
   PUBCOMP is missing is sent again, before anything new (MQTT-4.4.0-1). amqtt's own retry,
-  which gives up after 5 s or when the connection ends, is left only the inbound QoS 2 flows.
-  Messages queued for an offline session are delivered the same way, not retained;
+  which gives up after 5 s or when the connection ends, is not used. Messages queued for an
+  offline session are delivered the same way, not retained;
+- quotas (fleet.broker.quotas): a session holds at most ``max_subscriptions`` filters
+  (SUBACK 0x80 beyond); a device's retained messages, wills included, are held to
+  ``max_retained_messages`` / ``max_retained_bytes`` (beyond: routed, not retained); each
+  refusal episode is reported once to ``on_quota``;
 - topic checks call the policy plugin directly instead of through a task per plugin;
 - subscriptions live in a table indexed by topic level (fleet.broker.subscriptions): a
   SUBSCRIBE, an UNSUBSCRIBE and the routing of a message cost the same with 10 sessions or
@@ -32,7 +39,6 @@ What changes against stock amqtt 0.12.1 (S1-S7 are listed in docs/broker-securit
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -45,8 +51,18 @@ from amqtt.session import ApplicationMessage, OutgoingApplicationMessage, Sessio
 
 from fleet.acl import is_topic_filter, is_topic_name, matches
 from fleet.broker import packets, session
-from fleet.broker.connection import Connection, ConnectionWriter, connection_of
+from fleet.broker.connection import Connection, ConnectionReader, ConnectionWriter, connection_of
 from fleet.broker.plugins import TopicPolicyPlugin
+from fleet.broker.quotas import (
+    MAX_FILTER_BYTES,
+    MAX_FILTER_LEVELS,
+    QUEUE,
+    SUBSCRIPTIONS,
+    OnQuota,
+    Quotas,
+    RetainedLedger,
+    weight,
+)
 from fleet.broker.session import RELEASED, SENT, Mailbox
 from fleet.broker.subscriptions import SubscriptionTable
 
@@ -65,8 +81,8 @@ class Inbound:
     amqtt's protocol handler puts every received PUBLISH here and the session's message loop
     takes it out again: two task switches and an ``asyncio.wait`` per message. Routing at
     ``put`` keeps the order (the handler puts messages in arrival order) and needs no queue
-    bound: what is not yet routed is what is still unread in the socket. (QoS 0 and 1
-    PUBLISH packets do not even reach amqtt's handler: see ConnectionReader.)
+    bound: what is not yet routed is what is still unread in the socket. (Once the broker
+    has attached itself to the ConnectionReader no PUBLISH reaches amqtt's handler at all.)
     """
 
     __slots__ = ("_receive", "_session")
@@ -100,16 +116,19 @@ class Inbound:
 class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     """amqtt Broker fed only by the CONNECT gate (listener type ``external``)."""
 
-    def __init__(self, config: dict[str, Any], *, max_queued_messages: int,
-                 on_denied: Denied) -> None:
+    def __init__(self, config: dict[str, Any], *, quotas: Quotas, on_denied: Denied,
+                 on_quota: OnQuota) -> None:
         session.install()
         super().__init__(config)
         plugins = [p for p in self.plugins_manager.plugins if isinstance(p, TopicPolicyPlugin)]
         if len(plugins) != 1 or len(self.plugins_manager._topic_plugins) != 1:
             raise BrokerError("FleetBroker needs exactly one topic plugin: TopicPolicyPlugin")
         self._policy = plugins[0]
-        self._max_queued = max_queued_messages
+        self.quotas = quotas
         self._on_denied = on_denied
+        self._on_quota = on_quota
+        self._retained = RetainedLedger(max_messages=quotas.max_retained_messages,
+                                        max_bytes=quotas.max_retained_bytes)
         self._subscriptions: SubscriptionTable[Session] = SubscriptionTable()
         self._notifications: set[asyncio.Future[None]] = set()
         self._listened = {event for event in BrokerEvents if any(
@@ -137,6 +156,8 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         if session.parent == 0:
             session.attributes[FILTERS_KEY] = set()
         connection.bind(session)
+        if isinstance(reader, ConnectionReader):
+            reader.receiver = self
         return handler, session
 
     async def _handle_client_session(self, reader: Any, writer: Any, client_session: Session,
@@ -156,7 +177,9 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         else:
             client_session.transitions.connect()
         handler.attach(client_session, reader, writer)
-        handler._retry_deliveries = functools.partial(_retry_inbound_qos2, handler)
+        # The broker resends its own deliveries (_resend_inflight); inbound QoS 2 messages
+        # wait in the session for the client's PUBREL: amqtt has nothing to retry.
+        handler._retry_deliveries = _nothing
         connection = writer.connection if isinstance(writer, ConnectionWriter) else None
         if connection is not None and authenticated:  # queued now, written after the CONNACK
             self._resend_inflight(client_session, connection)
@@ -178,10 +201,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
 
     async def purge_session(self, client_id: str) -> None:
         """Forget a session entirely: subscriptions, queued and in-flight messages, state."""
-        stored = self._sessions.get(client_id)
-        await self._cleanup_session(client_id)
-        if stored is not None:
-            stored[0].inflight_out.clear()
+        await self._cleanup_session(client_id)  # FleetSession.clear_queues drops what it held
 
     def _resend_inflight(self, session: Session, connection: Connection) -> None:
         """Send unacknowledged PUBLISH (DUP set) and PUBREL packets again, in order
@@ -192,7 +212,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             if message.pubrel_packet is RELEASED:
                 connection.write(packets.pubrel(packet_id))
             elif not connection.may_receive(message.topic):
-                del session.inflight_out[packet_id]
+                session.complete(packet_id)
             else:
                 connection.write(packets.publish(message.topic, message.data, qos=message.qos,
                                                  packet_id=packet_id, retain=message.retain,
@@ -200,8 +220,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
 
     async def _publish_session_retained_messages(self, session: Session) -> None:
         """Messages queued while the session was offline, delivered like live ones."""
-        while not session.retained_messages.empty():
-            queued = session.retained_messages.get_nowait()
+        while (queued := session.dequeue()) is not None:
             self._deliver(session, queued.topic, queued.data, queued.qos or 0, retain=False)
 
     # -- subscriptions -------------------------------------------------------------------
@@ -213,9 +232,27 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             return SUBACK_FAILURE
         if not self._allowed(session, topic_filter, Action.SUBSCRIBE):
             return SUBACK_FAILURE
+        filters = session.attributes.setdefault(FILTERS_KEY, set())
+        if topic_filter not in filters:
+            problem = self._subscription_problem(topic_filter, len(filters))
+            if problem is not None:
+                if session.budget.begins(SUBSCRIPTIONS):
+                    self._on_quota(connection_of(session), "max_subscriptions", problem)
+                return SUBACK_FAILURE
+            session.budget.ends(SUBSCRIPTIONS)
         self._subscriptions.subscribe(topic_filter, session.client_id, session, qos)
-        session.attributes.setdefault(FILTERS_KEY, set()).add(topic_filter)
+        filters.add(topic_filter)
         return qos
+
+    def _subscription_problem(self, topic_filter: str, held: int) -> str | None:
+        """Why a session holding *held* filters may not add *topic_filter*, or None."""
+        if held >= self.quotas.max_subscriptions:
+            return f"already holds {held} subscriptions, refused {topic_filter[:100]!r}"
+        if len(topic_filter) > MAX_FILTER_BYTES \
+                or topic_filter.count("/") >= MAX_FILTER_LEVELS:
+            return (f"filter of {len(topic_filter)} characters, {topic_filter.count('/') + 1}"
+                    f" levels: at most {MAX_FILTER_BYTES} and {MAX_FILTER_LEVELS}")
+        return None
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
         session.attributes.get(FILTERS_KEY, set()).discard(a_filter)
@@ -246,33 +283,88 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
 
     def receive(self, session: Session, topic: str, data: bytes, qos: int,
                 retain: bool) -> None:
-        """A PUBLISH from *session*: check it, route it, keep it if retained."""
+        """A QoS 0 or 1 PUBLISH from *session*: check it, route it, keep it if retained."""
+        if self._accepts(session, topic, data, qos, retain):
+            self._publish(session, topic, data, qos, retain)
+
+    def hold(self, session: Session, packet_id: int, topic: str, data: bytes,
+             retain: bool) -> None:
+        """A QoS 2 PUBLISH: checked now, kept until its PUBREL (4.3.3, method A) within the
+        client's budget, else dropped; a resend before the PUBREL is not kept twice."""
+        if packet_id in session.unreleased or not self._accepts(session, topic, data, 2, retain):
+            return
+        if self._admits(session, connection_of(session), weight(topic, data)):
+            session.unreleased.hold(packet_id, topic, data, retain,
+                                    timeout=self.quotas.qos2_release_timeout)
+
+    def release(self, session: Session, packet_id: int) -> None:
+        """The PUBREL of *packet_id*: route the message (nothing if it was dropped or timed
+        out: the client's flow still ends with PUBCOMP)."""
+        held = session.unreleased.release(packet_id)
+        if held is not None:
+            topic, data, retain = held
+            self._publish(session, topic, data, 2, retain)
+
+    def oversized(self, connection: Connection, size: int) -> None:
+        self._on_quota(connection, "max_packet_bytes",
+                       f"packet of {size} bytes, above {self.quotas.max_packet_bytes}")
+
+    def _accepts(self, session: Session, topic: str, data: bytes, qos: int,
+                 retain: bool) -> bool:
+        """May *session* publish to *topic*? A refused PUBLISH is dropped (and audited),
+        one to an invalid topic name closes the connection (MQTT-4.7.3-1, MQTT-3.3.2-2)."""
         if self._listened:
             message = ApplicationMessage(None, topic, qos, data, retain)
             self._notify(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id,
                          message=message)
         connection = connection_of(session)
-        if connection is None or not connection.may_publish(topic) or topic[0] == "$":
-            if not is_topic_name(topic):  # MQTT-4.7.3-1, MQTT-3.3.2-2: close the connection
-                if connection is not None:
-                    connection.abort(f"PUBLISH to the invalid topic name {topic!r}")
-            else:
-                self._on_denied(connection, Action.PUBLISH, topic)
-            return  # a refused PUBLISH is dropped
+        if connection is not None and connection.may_publish(topic) and topic[0] != "$":
+            return True
+        if not is_topic_name(topic):
+            if connection is not None:
+                connection.abort(f"PUBLISH to the invalid topic name {topic!r}")
+        else:
+            self._on_denied(connection, Action.PUBLISH, topic)
+        return False
+
+    def _publish(self, session: Session, topic: str, data: bytes, qos: int,
+                 retain: bool) -> None:
         if self._listened:
             self._notify(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id,
-                         message=message)
+                         message=ApplicationMessage(None, topic, qos, data, retain))
         self.route(topic, data, qos)
         if retain:
             self._retain(session, topic, data, qos)
 
+    async def retain_message(self, source_session: Session | None, topic_name: str | None,
+                             data: bytes | bytearray | None, qos: int | None = None) -> None:
+        """A retained will (amqtt's path), under the same quota as any retained message."""
+        if topic_name is not None:
+            self._retain(source_session, topic_name, data or b"", qos)
+
     def _retain(self, session: Session | None, topic: str, data: bytes | bytearray,
                 qos: int | None) -> None:
-        """Keep (or, for an empty payload, clear) the retained message of *topic*."""
+        """Keep (or, for an empty payload, clear) the retained message of *topic*, within the
+        retained quota of the device that set it; beyond it, it is routed but not kept."""
+        retained: RetainedApplicationMessage | None
         if data:
+            connection = connection_of(session)
+            device_id = connection.device_id if connection is not None else None
+            size = weight(topic, data)
+            refusal = self._retained.refusal(device_id, topic, size)
+            if refusal is not None:
+                assert device_id is not None
+                if self._retained.begins(device_id):
+                    messages, total = self._retained.usage(device_id)
+                    self._on_quota(connection, refusal,
+                                   f"holds {messages} retained messages of {total} bytes, "
+                                   f"not retained: {topic[:100]!r} ({size} bytes)")
+                return
+            self._retained.set(device_id, topic, size)
             retained = RetainedApplicationMessage(session, topic, data, qos)
             self._retained_messages[topic] = retained
         else:  # MQTT-3.3.1-10
+            self._retained.clear(topic)
             retained = self._retained_messages.pop(topic, None)
         if retained is not None:
             self._notify(BrokerEvents.RETAINED_MESSAGE, client_id=None,
@@ -310,24 +402,49 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             return
         if target.transitions.state != "connected":
             # MQTT-3.1.2-5: kept for a disconnected persistent session, QoS 1 and 2 only.
-            if not target.clean_session and qos > 0 and len(target.inflight_out) \
-                    + target.retained_messages.qsize() < self._max_queued:
-                target.retained_messages.put_nowait(
-                    RetainedApplicationMessage(None, topic, data, qos))
+            if not target.clean_session and qos > 0 \
+                    and self._admits(target, None, weight(topic, data)):
+                target.queue(RetainedApplicationMessage(None, topic, data, qos))
             return
         if qos == 0:
-            connection.send(packets.publish(topic, data, retain=retain), limit=self._max_queued)
+            packet = packets.publish(topic, data, retain=retain)
+            if self._admits(target, connection, len(packet)):
+                connection.send(packet)
             return
-        if len(target.inflight_out) >= self._max_queued:
-            connection.dropped += 1
+        if not self._admits(target, connection, weight(topic, data)):
             return
         # Written here; ConnectionReader takes the PUBACK / PUBREC / PUBCOMP (4.3.2, 4.3.3).
         packet_id = target.next_packet_id
-        message = OutgoingApplicationMessage(packet_id, topic, qos, data, retain)
-        message.publish_packet = SENT
-        target.inflight_out[packet_id] = message
+        target.sent(OutgoingApplicationMessage(packet_id, topic, qos, data, retain))
         connection.write(
             packets.publish(topic, data, qos=qos, packet_id=packet_id, retain=retain))
+
+    def _admits(self, target: Session, connection: Connection | None, size: int) -> bool:
+        """Does one more message of *size* bytes fit *target*'s queue budget: what it holds,
+        plus, with its live *connection*, the QoS 0 deliveries that may still wait in the
+        socket? If not, it is dropped."""
+        budget, quotas = target.budget, self.quotas
+        messages, total = budget.messages + 1, budget.bytes + size
+        if connection is not None:
+            sent, backlog = connection.backlog()
+            if messages + sent > quotas.max_queued_messages \
+                    or total + backlog > quotas.max_queued_bytes:
+                sent, backlog = connection.backlog(exact=True)
+            messages, total = messages + sent, total + backlog
+        if messages <= quotas.max_queued_messages and total <= quotas.max_queued_bytes:
+            if budget.over & QUEUE and 2 * messages <= quotas.max_queued_messages \
+                    and 2 * total <= quotas.max_queued_bytes:
+                budget.ends(QUEUE)
+            return True
+        if connection is not None:
+            connection.dropped += 1
+        if budget.begins(QUEUE):
+            quota = ("max_queued_messages" if messages > quotas.max_queued_messages
+                     else "max_queued_bytes")
+            self._on_quota(connection_of(target), quota,
+                           f"{messages - 1} messages of {total - size} bytes waiting; "
+                           f"dropping what comes beyond")
+        return False
 
     async def _publish_retained_messages_for_subscription(
             self, subscription: tuple[str, int], session: Session) -> None:
@@ -340,9 +457,5 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                               retain=True)
 
 
-async def _retry_inbound_qos2(handler: BrokerProtocolHandler) -> None:
-    """amqtt's resume of the inbound QoS 2 flows its handler runs (waiting for PUBREL)."""
-    flows = list(handler.session.inflight_in.values())
-    if flows:
-        await asyncio.wait([asyncio.ensure_future(
-            asyncio.wait_for(handler._handle_message_flow(message), 10)) for message in flows])
+async def _nothing() -> None:
+    """amqtt's per-connection retry of deliveries, which the broker does itself."""

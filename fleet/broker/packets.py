@@ -1,5 +1,5 @@
-"""The few MQTT 3.1.1 packets the broker handles itself: CONNECT, CONNACK, outgoing PUBLISH
-and the acknowledgements of outgoing QoS 1 and 2 deliveries.
+"""The few MQTT 3.1.1 packets the broker builds or parses strictly itself: CONNECT, CONNACK,
+outgoing PUBLISH and PUBREL (the rest of the short path is in fleet.broker.connection).
 
 The CONNECT gate parses the first packet strictly before amqtt sees a byte of it; amqtt later
 parses the very same bytes, so both read the same client id, will and flags.
@@ -75,8 +75,9 @@ async def read_connect(reader: asyncio.StreamReader, *, max_bytes: int) -> bytes
                 break
         else:
             raise ProtocolError("malformed remaining length")
-        if length > max_bytes:
-            raise ProtocolError(f"CONNECT of {length} bytes exceeds the limit of {max_bytes}")
+        if len(header) + length > max_bytes:
+            raise ProtocolError(f"CONNECT of {len(header) + length} bytes exceeds the limit "
+                                f"of {max_bytes}")
         return bytes(header) + await reader.readexactly(length)
     except asyncio.IncompleteReadError:
         raise ProtocolError("connection closed before a complete CONNECT") from None

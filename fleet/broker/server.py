@@ -18,6 +18,7 @@ from fleet.broker.connection import Connection, Connections
 from fleet.broker.engine import FleetBroker
 from fleet.broker.gate import LISTENER, Gate
 from fleet.broker.listener import TLSListener
+from fleet.broker.quotas import Quotas
 from fleet.broker.tls import server_context
 from fleet.broker.watcher import RevocationWatcher
 from fleet.ca import load_trust
@@ -97,8 +98,16 @@ async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
                                topic=topic, peer=connection.peer if connection else None)
         audit.denied(f"broker.{action}", error, identity=str(identity or "unknown"), topic=topic)
 
-    broker = FleetBroker(broker_config(), max_queued_messages=settings.max_queued_messages,
-                         on_denied=denied)
+    def quota(connection: Connection | None, name: str, detail: str) -> None:
+        identity = connection.identity if connection is not None else None
+        audit.refused("broker.quota", ForbiddenError(
+            f"{identity or 'unknown client'} over broker.{name}: {detail}", quota=name,
+            peer=connection.peer if connection else None),
+            device_id=connection.device_id if connection else None,
+            serial=connection.serial if connection else None)
+
+    broker = FleetBroker(broker_config(), quotas=Quotas.from_settings(settings),
+                         on_denied=denied, on_quota=quota)
     await broker.start()
     gate = Gate(settings=settings, backend=backend, audit=audit, policy=policy, broker=broker,
                 connections=connections)

@@ -6,7 +6,7 @@ whole table), routing a message tests the topic against every filter. Here each 
 its subscribers by client id (a repeated SUBSCRIBE replaces the subscription and its QoS,
 MQTT-3.8.4-3), and the filters sit in a tree of topic levels, so finding the filters that
 match a topic costs the depth of the topic, not the number of filters. Found filter sets are
-cached per topic until the set of filters changes.
+cached per topic (topics of at most 256 characters) until the set of filters changes.
 
 The table is a read-only mapping for amqtt and its plugins (iteration, ``in``, ``[]``,
 ``items()``); changes go through :meth:`SubscriptionTable.subscribe`,
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Generic, TypeVar
+
+from fleet.broker.quotas import CACHED_TOPIC_LENGTH
 
 S = TypeVar("S")
 
@@ -134,9 +136,11 @@ class SubscriptionTable(Mapping[str, Subscribers[S]]):
         """The filters that match the topic name *topic* (MQTT 3.1.1 4.7)."""
         found = self._matching.get(topic)
         if found is None:
-            if len(self._matching) >= MATCH_CACHE:
-                self._matching.clear()
-            found = self._matching[topic] = self._walk(topic.split("/"))
+            found = self._walk(topic.split("/"))
+            if len(topic) <= CACHED_TOPIC_LENGTH:
+                if len(self._matching) >= MATCH_CACHE:
+                    self._matching.clear()
+                self._matching[topic] = found
         return found
 
     def _walk(self, levels: list[str]) -> tuple[str, ...]:
