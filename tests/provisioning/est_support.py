@@ -138,8 +138,9 @@ class Est:
         return self.request("POST", path, body, sent, source=source)
 
     def reenroll(self, csr: bytes, device: Enrolled | None, *,
-                 path: str = f"{EST}/simplereenroll") -> Reply:
-        return self.request("POST", path, b64(csr), dict(PKCS10), device=device)
+                 path: str = f"{EST}/simplereenroll", source: str | None = None) -> Reply:
+        return self.request("POST", path, b64(csr), dict(PKCS10), device=device,
+                            source=source)
 
     # -- registry set-up and inspection (through the authority, as operators would) --------
 

@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from est_support import EST, Est, closed_after, make_csr
+from est_support import EST, Est, closed_after
 
 from provisioning.limits import BodyLimits
 
@@ -100,18 +100,6 @@ def test_enroll_refused_body_slower_than_min_rate_408(
              if r.name == "provisioning" and "request body incomplete" in r.getMessage()]
     assert len(lines) == 1
     assert lines[0].levelno == logging.INFO
-
-
-def test_body_at_the_min_rate_is_accepted(make_est: object) -> None:
-    est: Est = make_est(**FAST)  # type: ignore[operator]
-    body = base64.b64encode(make_csr("dev-slow"))
-    with est.tls_socket() as sender:
-        sender.sendall(_head(est, len(body)))
-        for start in range(0, len(body), 100):  # 1000 B/s, the minimum
-            sender.sendall(body[start:start + 100])
-            time.sleep(0.1)
-        reply = sender.recv(65536)
-    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
 
 
 def test_aborted_upload_logs_one_line_without_traceback(
