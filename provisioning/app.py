@@ -29,6 +29,8 @@ from fleet.errors import (
     AuthenticationError,
     ConflictError,
     FleetError,
+    InvalidTokenError,
+    PKIError,
     RegistryUnavailableError,
 )
 from provisioning import auth, wire
@@ -171,7 +173,10 @@ class EstService:
             issued = await self._issue("enroll", self.authority.enroll, actor,
                                        credential=credential, csr=csr, group=group)
         except FleetError as error:
-            return self._refused("simpleenroll", error, source, failed=key)
+            # The authority checks the CSR, then the token's secret: other refusals come
+            # from a caller holding a real token (used, expired, of another group...).
+            return self._refused("simpleenroll", error, source, failed=key,
+                                 verified=not isinstance(error, InvalidTokenError | PKIError))
         return self._issued("simpleenroll", issued)
 
     async def simplereenroll(self, request: web.Request) -> web.Response:

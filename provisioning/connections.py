@@ -178,9 +178,8 @@ class Listener:
                 lambda: connection, sock, ssl=self._context,
                 ssl_handshake_timeout=self._timeouts.handshake,
                 ssl_shutdown_timeout=self._timeouts.handshake)
-        except asyncio.CancelledError:
+        except BaseException as exc:
             connection.closed()
-            raise
-        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            connection.closed()
+            if not isinstance(exc, OSError | TimeoutError):  # ssl.SSLError is an OSError
+                raise
             log.debug("TLS handshake with %s failed: %s", source, exc)
