@@ -72,32 +72,18 @@ FILTERS_KEY = "fleet.filters"
 SUBACK_FAILURE = 0x80
 
 Denied = Callable[[Connection | None, Action, str], None]
-Receive = Callable[[Session, str, bytes, int, bool], None]
 
 
 class Inbound:
-    """A session's inbound message "queue" that hands each PUBLISH on as it is put.
+    """A session's inbound message "queue" that never holds anything.
 
-    amqtt's protocol handler puts every received PUBLISH here and the session's message loop
-    takes it out again: two task switches and an ``asyncio.wait`` per message. Routing at
-    ``put`` keeps the order (the handler puts messages in arrival order) and needs no queue
-    bound: what is not yet routed is what is still unread in the socket. (Once the broker
-    has attached itself to the ConnectionReader no PUBLISH reaches amqtt's handler at all.)
+    amqtt's protocol handler would put every received PUBLISH on this queue for the session's
+    message loop to take out again. Every PUBLISH is read and routed by ConnectionReader
+    instead (see :meth:`FleetBroker.receive`), so the message loop only ever waits here, and
+    there is no queue to bound: what is not yet routed is still unread in the socket.
     """
 
-    __slots__ = ("_receive", "_session")
-
-    def __init__(self, session: Session, receive: Receive) -> None:
-        self._session = session
-        self._receive = receive
-
-    def put_nowait(self, item: Any) -> None:
-        packet = item.publish_packet
-        self._receive(self._session, item.topic, item.data, item.qos or 0,
-                      bool(packet is not None and packet.retain_flag))
-
-    async def put(self, item: Any) -> None:
-        self.put_nowait(item)
+    __slots__ = ()
 
     async def get(self) -> Any:
         """Nothing is ever queued: the session's message loop waits here until cancelled."""
@@ -152,7 +138,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         session.remote_address, session.remote_port = remote_address, remote_port
         session.keep_alive = 0  # the connection enforces 1.5 x keep-alive itself
         if not isinstance(session.delivered_message_queue, Inbound):
-            session.delivered_message_queue = Inbound(session, self.receive)
+            session.delivered_message_queue = Inbound()
         if session.parent == 0:
             session.attributes[FILTERS_KEY] = set()
         connection.bind(session)
@@ -369,17 +355,6 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         if retained is not None:
             self._notify(BrokerEvents.RETAINED_MESSAGE, client_id=None,
                          retained_message=retained)
-
-    async def _handle_message_delivery(self, client_session: Session,
-                                       handler: BrokerProtocolHandler,
-                                       wait_deliver: asyncio.Future[Any]) -> bool:
-        """Messages put on a session queue other than :class:`Inbound` get the same checks."""
-        message = wait_deliver.result()
-        if message is not None:
-            packet = message.publish_packet
-            self.receive(client_session, message.topic, message.data, message.qos or 0,
-                         bool(packet is not None and packet.retain_flag))
-        return True
 
     async def _broadcast_message(self, session: Session | None, topic: str | None,
                                  data: bytes | bytearray | None,
