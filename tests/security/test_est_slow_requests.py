@@ -134,7 +134,9 @@ def test_stalled_requests_hold_no_capacity_and_are_closed_within_the_timeouts(
 
     done = sum(len(v) for v in latencies.values())
     summary = ", ".join(f"{op} p99 {_p99(v):.3f}s of {len(v)}" for op, v in latencies.items())
-    kinds = {kind: sum(1 for k, _ in outcomes if k == kind) for kind, _ in outcomes}
+    kinds = {kind: f"{sum(1 for k, _ in outcomes if k == kind)} closed after at most "
+                   f"{max((t or GIVE_UP) for k, t in outcomes if k == kind):.2f}s"
+             for kind, _ in outcomes}
     print(f"{done - len(failures)}/{done} enrollments and renewals succeeded during "
           f"{len(outcomes)} stalled requests {kinds}: {summary}")
     assert not failures, failures[:5]
