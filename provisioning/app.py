@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from fleet import pki
+from fleet.audit import actor_of
 from fleet.authority import Authority, Issued, serial_hex
 from fleet.errors import (
     AuthenticationError,
@@ -296,7 +297,7 @@ def build_app(service: EstService) -> web.Application:
 
 def _source(request: web.Request) -> tuple[str, str]:
     source = request.remote or "unknown"
-    return source, f"est:{source}"
+    return source, actor_of("est", source)
 
 
 def _operation(path: str) -> str:

@@ -5,6 +5,7 @@ tells the protocol nothing about a handshake that fails, so it cannot cap socket
 still handshaking. :class:`Listener` accepts sockets itself, holds an :class:`Occupancy` slot
 (total and per source address) for each from accept to close, closes those beyond the caps at
 once, and hands the rest to aiohttp after a handshake bounded by ``est.handshake_timeout``.
+Accepting goes through fleet.accept, which survives running out of descriptors.
 
 The other reads are bounded where aiohttp has a knob, and here where it has none:
 
@@ -25,13 +26,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from fleet.accept import AcceptLoop
+from fleet.errors import AuthenticationError, FleetError
 from provisioning.limits import Occupancy, ServerBusyError
 
 log = logging.getLogger("provisioning")
 
-ACCEPT_BATCH = 64
-ACCEPT_RETRY_SECONDS = 1.0
-"""Pause after accept() fails for want of file descriptors (as asyncio's own servers do)."""
+OnRefused = Callable[[str, FleetError], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,64 +112,53 @@ class EstConnection(web.RequestHandler):
 
 
 class Listener:
-    """Accepts TLS connections on a bound socket for an aiohttp server, under *slots*."""
+    """Accepts TLS connections on a bound socket for an aiohttp server, under *slots*.
+
+    Connections closed at once over a cap, and failed handshakes, go to *on_refused* with the
+    peer's address: they prove nothing about the peer (their audit is aggregated).
+    """
 
     def __init__(self, *, sock: socket.socket, context: ssl.SSLContext, server: web.Server,
-                 slots: Occupancy, timeouts: Timeouts, backlog: int) -> None:
-        self._sock: socket.socket | None = sock
+                 slots: Occupancy, timeouts: Timeouts, backlog: int,
+                 on_refused: OnRefused) -> None:
+        self._sock = sock
+        self._accepting: AcceptLoop | None = None
         self._context = context
         self._server = server
         self.slots = slots
         self._timeouts = timeouts
         self._backlog = backlog
+        self._on_refused = on_refused
         self._loop = asyncio.get_running_loop()
         self._handshakes: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
-        assert self._sock is not None
         self._sock.listen(self._backlog)
-        self._loop.add_reader(self._sock.fileno(), self._accept)
+        self._accepting = AcceptLoop(self._sock, self._accepted, name="EST")
+        self._accepting.start()
 
     async def close(self) -> None:
         """Stop accepting and abandon handshakes in progress (aiohttp's runner then closes
         the established connections)."""
-        if self._sock is not None:
-            self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
+        if self._accepting is not None:
+            self._accepting.close()
+            self._accepting = None
         for task in list(self._handshakes):
             task.cancel()
         if self._handshakes:
             await asyncio.wait(self._handshakes)
 
-    def _accept(self) -> None:
-        for _ in range(ACCEPT_BATCH):
-            if self._sock is None:
-                return
-            try:
-                sock, address = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and friends: leave the rest in the backlog a while
-                log.warning("EST accept failed, pausing for %gs: %s", ACCEPT_RETRY_SECONDS, exc)
-                self._loop.remove_reader(self._sock.fileno())
-                self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume_accepting)
-                return
-            source = str(address[0])
-            try:
-                self.slots.enter(source)
-            except ServerBusyError as refused:
-                sock.close()
-                log.debug("closed a new connection at once: %s", refused.message)
-                continue
-            sock.setblocking(False)
-            task = self._loop.create_task(self._handshake(sock, source))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
-
-    def _resume_accepting(self) -> None:
-        if self._sock is not None:
-            self._loop.add_reader(self._sock.fileno(), self._accept)
+    def _accepted(self, sock: socket.socket, address: object) -> None:
+        source = str(address[0]) if isinstance(address, tuple) else str(address)
+        try:
+            self.slots.enter(source)
+        except ServerBusyError as refused:
+            sock.close()
+            self._on_refused(source, refused)
+            return
+        task = self._loop.create_task(self._handshake(sock, source))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
 
     async def _handshake(self, sock: socket.socket, source: str) -> None:
         connection = EstConnection(self._server, source=source, timeouts=self._timeouts,
@@ -182,4 +172,4 @@ class Listener:
             connection.closed()
             if not isinstance(exc, OSError | TimeoutError):  # ssl.SSLError is an OSError
                 raise
-            log.debug("TLS handshake with %s failed: %s", source, exc)
+            self._on_refused(source, AuthenticationError(f"TLS handshake failed: {exc}"))

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fleet.audit import Aggregate, Flush, RefusalDigest
+from fleet.audit import Aggregate, Flush, RefusalDigest, actor_of
 from fleet.authority import Authority
 from fleet.ca import load_ca
 from fleet.errors import ConfigError, FleetError, RegistryUnavailableError
@@ -103,7 +103,9 @@ async def start(settings: Settings, *, host: str, port: int,
             timeouts=Timeouts(handshake=settings.est_handshake_timeout.total_seconds(),
                               headers=settings.est_header_timeout.total_seconds(),
                               keepalive=settings.est_keepalive_timeout.total_seconds(),
-                              linger=settings.est_body_timeout.total_seconds()))
+                              linger=settings.est_body_timeout.total_seconds()),
+            on_refused=lambda source, error: authority.refused_unverified(
+                "connect", error, actor=actor_of("est", source)))
         listener.start()
         bound = sock.getsockname()[1]
         metrics_port = None

@@ -7,15 +7,13 @@ Here a socket gets ``handshake_timeout`` from accept to the end of its TLS hands
 send nothing, or a replayed ClientHello and nothing after it, only pushes out the oldest of
 its own pending connections and never holds capacity that devices need. Sockets beyond
 ``max_connections`` are closed as soon as they are accepted, unless a pending one can make
-room. When accept fails for lack of descriptors (EMFILE, ENFILE), the listener stops
-accepting for a while, logs one line per interval, and resumes by itself.
+room. Accepting goes through fleet.accept, which survives running out of descriptors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import logging
 import socket
@@ -23,16 +21,12 @@ import ssl
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable
 
+from fleet.accept import AcceptLoop
 from fleet.broker.pending import Pending, PendingConnections
 from fleet.errors import AuthenticationError, FleetError
 
 log = logging.getLogger(__name__)
 
-_ACCEPT_BATCH = 64
-_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-ACCEPT_BACKOFF = (0.05, 1.0)
-"""First and longest pause of the accept loop after running out of descriptors (seconds)."""
-_BACKOFF_LOG_INTERVAL = 10.0
 TLS_READ_BUFFER = 4096
 STREAM_BUFFER = 2**14
 """Bytes a connection's stream reader buffers before it pauses reading the socket."""
@@ -52,13 +46,9 @@ class TLSListener:
         self._timeout = handshake_timeout
         self._on_connection = on_connection
         self._on_refused = on_refused
-        self._socket: socket.socket | None = None
+        self._accepting: AcceptLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
-        self._backoff = 0.0
-        self._paused: asyncio.TimerHandle | None = None
-        self._accept_failures = 0
-        self._failure_logged_at = -_BACKOFF_LOG_INTERVAL
         limit_tls_read_buffer()
 
     @property
@@ -73,20 +63,15 @@ class TLSListener:
         """Listen on *host*:*port* (0 picks a free port); returns the bound port."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listening = socket.create_server((host, port), family=family, backlog=1024)
-        listening.setblocking(False)
-        self._socket = listening
-        self._loop.add_reader(listening.fileno(), self._accept)
+        self._accepting = AcceptLoop(listening, self._accepted, name="broker")
+        self._accepting.start()
         bound: int = listening.getsockname()[1]
         return bound
 
     def stop_accepting(self) -> None:
-        if self._paused is not None:
-            self._paused.cancel()
-            self._paused = None
-        if self._socket is not None:
-            self._loop.remove_reader(self._socket.fileno())
-            self._socket.close()
-            self._socket = None
+        if self._accepting is not None:
+            self._accepting.close()
+            self._accepting = None
 
     async def close(self, *, grace: float = 5.0) -> None:
         """Stop accepting, then wait up to *grace* seconds for open connections to end."""
@@ -98,33 +83,18 @@ class TLSListener:
             if pending:
                 await asyncio.wait(pending, timeout=grace)
 
-    def _accept(self) -> None:
-        for _ in range(_ACCEPT_BATCH):
-            if self._socket is None:
-                return
-            try:
-                sock, address = self._socket.accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno in _OUT_OF_DESCRIPTORS:
-                    self._pause(exc)
-                    return
-                log.warning("accept failed: %s", exc)
-                break
-            self._backoff = 0.0
-            host, peer = _format_peer(address)
-            if len(self._tasks) >= self._max_connections and not self._pending.evict_oldest(
-                    f"connection limit of {self._max_connections} reached"):
-                sock.close()
-                self._on_refused(AuthenticationError(
-                    f"connection limit of {self._max_connections} reached", peer=peer))
-                continue
-            sock.setblocking(False)
-            entry = self._pending.add(host, functools.partial(self._evict, sock, peer))
-            task = self._loop.create_task(self._serve(sock, peer, entry))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _accepted(self, sock: socket.socket, address: object) -> None:
+        host, peer = _format_peer(address)
+        if len(self._tasks) >= self._max_connections and not self._pending.evict_oldest(
+                f"connection limit of {self._max_connections} reached"):
+            sock.close()
+            self._on_refused(AuthenticationError(
+                f"connection limit of {self._max_connections} reached", peer=peer))
+            return
+        entry = self._pending.add(host, functools.partial(self._evict, sock, peer))
+        task = self._loop.create_task(self._serve(sock, peer, entry))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _evict(self, sock: socket.socket, peer: str, reason: str) -> None:
         """Cut a pending connection: its handshake or CONNECT read ends with an error."""
@@ -132,25 +102,6 @@ class TLSListener:
             sock.shutdown(socket.SHUT_RDWR)
         self._on_refused(AuthenticationError(f"closed while pending admission: {reason}",
                                              peer=peer))
-
-    def _pause(self, exc: OSError) -> None:
-        """Out of descriptors: stop accepting for a while instead of spinning on EMFILE."""
-        assert self._socket is not None
-        self._backoff = min(max(self._backoff * 2, ACCEPT_BACKOFF[0]), ACCEPT_BACKOFF[1])
-        self._accept_failures += 1
-        now = self._loop.time()
-        if now - self._failure_logged_at >= _BACKOFF_LOG_INTERVAL:
-            log.warning("accept failed %d times (%s): pausing accepts, retrying every %gs at "
-                        "most", self._accept_failures, exc.strerror or exc, ACCEPT_BACKOFF[1])
-            self._failure_logged_at, self._accept_failures = now, 0
-        self._loop.remove_reader(self._socket.fileno())
-        self._paused = self._loop.call_later(self._backoff, self._resume)
-
-    def _resume(self) -> None:
-        self._paused = None
-        if self._socket is not None:
-            self._loop.add_reader(self._socket.fileno(), self._accept)
-            self._accept()
 
     async def _serve(self, sock: socket.socket, peer: str, entry: Pending) -> None:
         try:
