@@ -51,11 +51,10 @@ from fleet.registry.models import (
     utcnow,
 )
 from fleet.settings import Settings
-from fleet.tokens import TokenSecret, new_token, parse_token, secret_matches
+from fleet.tokens import TOKEN_ID_PATTERN, TokenSecret, new_token, parse_token, secret_matches
 
 MAX_TOKENS_PER_CALL = 100_000
 _SERIAL = re.compile(r"[0-9a-f]{1,40}")
-_TOKEN_ID = re.compile(r"[0-9a-f]{16}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +284,7 @@ class Authority:
     def revoke_token(self, *, token_id: str, actor: str) -> BootstrapToken:
         with self._audited("token.revoke", actor=actor) as session:
             row = tokens_db.get_token(session=session, token_id=token_id) \
-                if _TOKEN_ID.fullmatch(token_id) else None
+                if TOKEN_ID_PATTERN.fullmatch(token_id) else None
             if row is None:
                 raise NotFoundError(f"unknown token {token_id!r}", token_id=token_id)
             if row.revoked_at is not None:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from fleet.errors import InvalidTokenError
 
-_TOKEN = re.compile(r"^([a-f0-9]{16})\.([A-Za-z0-9_-]{32})$")
+TOKEN_ID_PATTERN = re.compile(r"[a-f0-9]{16}")
+"""A token's public id, as :func:`new_token` makes them."""
+_TOKEN = re.compile(rf"^({TOKEN_ID_PATTERN.pattern})\.([A-Za-z0-9_-]{{32}})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,13 @@ def parse_token(presented: str) -> TokenSecret:
     if not match:
         raise InvalidTokenError("unknown or invalid bootstrap token", reason="malformed")
     return TokenSecret(match.group(1), match.group(2))
+
+
+def claimed_token_id(presented: str) -> str | None:
+    """The public id a presented token claims (the part before the dot), when it has the form
+    of one, whatever its secret looks like."""
+    claimed, dot, _ = presented.strip().partition(".")
+    return claimed if dot and TOKEN_ID_PATTERN.fullmatch(claimed) else None
 
 
 def secret_matches(presented: TokenSecret, stored_hash: str) -> bool:

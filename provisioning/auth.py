@@ -9,17 +9,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import re
 import ssl
 
 from cryptography import x509
 
 from fleet.authority import TokenCredential
 from fleet.errors import AuthenticationError
+from fleet.tokens import claimed_token_id
 
 REALM = "fleet"
 CHALLENGE = f'Basic realm="{REALM}"'
-_TOKEN_ID = re.compile(r"[0-9a-f]{16}")  # as fleet.tokens.new_token makes them
 
 
 class MissingCredentialsError(AuthenticationError):
@@ -75,5 +74,4 @@ def missing_certificate() -> AuthenticationError:
 def token_id(credential: TokenCredential) -> str | None:
     """The public id a credential claims: the part of ``<id>.<secret>`` before the dot, when
     it has the form of a token id (its secret may be anything)."""
-    claimed, dot, _ = credential.token.strip().partition(".")
-    return claimed if dot and _TOKEN_ID.fullmatch(claimed) else None
+    return claimed_token_id(credential.token)
