@@ -9,6 +9,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -260,3 +261,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
         time.sleep(0.02)
     return False
 
+
+def client_hello() -> bytes:
+    """A complete, genuine TLS ClientHello (the client then never answers)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing)
+    with suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()

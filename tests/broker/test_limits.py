@@ -6,7 +6,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 from sqlalchemy.engine import Engine
 
@@ -18,6 +18,7 @@ from .helpers import (
     Client,
     Credentials,
     audit_events,
+    client_hello,
     closed_within,
     connect_packet,
     read_connack,
@@ -39,18 +40,6 @@ def open_sockets(port: int, count: int, first_bytes: bytes = b"") -> Iterator[li
     finally:
         for sock in sockets:
             sock.close()
-
-
-def client_hello() -> bytes:
-    """A complete, genuine TLS ClientHello (the client then never answers)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing)
-    with suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
 
 
 def test_stalled_handshakes_do_not_lock_devices_out(enroll: Enroll,

@@ -17,18 +17,6 @@ SOURCES = tuple(f"127.0.0.{i}" for i in range(2, 52))
 """Flood source addresses; legitimate clients use 127.0.0.1."""
 
 
-def client_hello() -> bytes:
-    """A complete, genuine TLS ClientHello (the client then never answers)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing)
-    with suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
-
-
 def replay(port: int, payload: bytes, rate: float, duration: float,
            sources: tuple[str, ...]) -> None:
     """Open *rate* connections a second for *duration* seconds, round robin over *sources*,

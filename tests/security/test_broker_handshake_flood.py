@@ -9,9 +9,9 @@ import time
 
 import pytest
 from broker.conftest import Enroll, StartBroker
-from broker.helpers import wait_until
+from broker.helpers import client_hello, wait_until
 
-from .floods import SOURCES, client_hello, device_connects, flooding, replay
+from .floods import SOURCES, device_connects, flooding, replay
 
 pytestmark = pytest.mark.slow
 

@@ -7,16 +7,10 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "provisioning"))
-from est_support import EST, Est, b64, make_csr, make_est
-
-__all__ = ["make_est"]  # the fixture
+from est_support import EST, Est, b64, make_csr
 
 pytestmark = pytest.mark.slow
 

@@ -4,15 +4,8 @@ behind one NAT) leave renewals and other tokens from that address working; only 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "provisioning"))
-from est_support import Est, make_csr, make_est
-
-__all__ = ["make_est"]  # the fixture
+from est_support import Est, make_csr
 
 pytestmark = pytest.mark.slow
 

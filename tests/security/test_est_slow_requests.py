@@ -9,17 +9,11 @@ import asyncio
 import multiprocessing
 import ssl
 import statistics
-import sys
 import time
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "provisioning"))
-from est_support import EST, Est, make_csr, make_est
-
-__all__ = ["make_est"]  # the fixture
+from est_support import EST, Est, make_csr
 
 pytestmark = pytest.mark.slow
 
