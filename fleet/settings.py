@@ -62,6 +62,7 @@ class Settings:
     service_lifetime: timedelta
     server_lifetime: timedelta
     renewal_fraction: float
+    superseded_grace: timedelta
     public_base_url: str
     hostnames: tuple[str, ...]
     token_ttl: timedelta
@@ -99,6 +100,7 @@ class Settings:
     max_retained_messages: int
     max_retained_bytes: int
     qos2_release_timeout: timedelta
+    session_expiry: timedelta
     audit_refusal_interval: timedelta
     audit_refusal_sources: int
     config_file: Path = field(default=DEFAULT_CONFIG)
@@ -136,6 +138,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, str]] = {
     ("certificates", "service_lifetime"): ("service_lifetime", "duration"),
     ("certificates", "server_lifetime"): ("server_lifetime", "duration"),
     ("certificates", "renewal_fraction"): ("renewal_fraction", "float"),
+    ("certificates", "superseded_grace"): ("superseded_grace", "grace"),
     ("certificates", "public_base_url"): ("public_base_url", "str"),
     ("certificates", "hostnames"): ("hostnames", "list"),
     ("tokens", "ttl"): ("token_ttl", "duration"),
@@ -173,6 +176,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, str]] = {
     ("broker", "max_retained_messages"): ("max_retained_messages", "int"),
     ("broker", "max_retained_bytes"): ("max_retained_bytes", "int"),
     ("broker", "qos2_release_timeout"): ("qos2_release_timeout", "duration"),
+    ("broker", "session_expiry"): ("session_expiry", "duration"),
     ("audit", "refusal_interval"): ("audit_refusal_interval", "duration"),
     ("audit", "refusal_sources"): ("audit_refusal_sources", "int"),
 }
@@ -185,6 +189,8 @@ def env_name(section: str, key: str) -> str:
 def _parse(kind: str, key: str, raw: Any) -> Any:
     if kind == "duration":
         return parse_duration(raw, key=key)
+    if kind == "grace":  # a duration that may be zero ("at once")
+        return timedelta(0) if str(raw).strip() in ("0", "0s") else parse_duration(raw, key=key)
     if kind == "int":
         # TOML booleans are ints to Python and floats would be truncated: refuse both.
         if isinstance(raw, bool | float):
