@@ -29,7 +29,8 @@ def token_credential(authorization: str | None) -> TokenCredential:
     """The bootstrap token an ``Authorization`` header presents.
 
     Raises MissingCredentialsError without a header and AuthenticationError for a header
-    that cannot be read; messages never echo what was sent.
+    that cannot be read or a Basic username with a token's shape; messages never echo what
+    was sent.
     """
     if not authorization or not authorization.strip():
         raise MissingCredentialsError(
@@ -47,6 +48,12 @@ def token_credential(authorization: str | None) -> TokenCredential:
         username, colon, password = decoded.partition(":")
         if not colon:
             raise AuthenticationError("malformed HTTP Basic credentials (no ':')")
+        if (pasted := claimed_token_id(username)) is not None:
+            # ``curl -u "$TOKEN:"``: the username is never recorded, not even as a claim.
+            raise AuthenticationError(
+                "the HTTP Basic username holds a bootstrap token: send the token as the "
+                "password and the device id (or nothing) as the username, "
+                "e.g. curl -u \"DEVICE_ID:$TOKEN\"", token_id=pasted)
         return TokenCredential(token=password, username=username or None)
     raise AuthenticationError("unsupported Authorization scheme: use Basic or Bearer")
 
