@@ -7,7 +7,8 @@ amqtt broker with Fleet's plugins, and a revocation watcher.
         |                    will policy; refuse with CONNACK, or replay the CONNECT into amqtt
     engine.FleetBroker       amqtt, with sessions bound to the live connection, the topic
                              policy (plugins.py) on publish, subscribe and every delivery
-    watcher.RevocationWatcher  poll revocation events; drop and purge what they name
+    watcher.RevocationWatcher  poll revocation events; drop what they name, purge what it
+                               left behind (sessions, retained messages)
 
 Entry points: :func:`fleet.broker.server.start` and :func:`fleet.broker.server.serve`.
 
@@ -35,7 +36,17 @@ Decisions worth knowing:
 - The broker stops reading from a client while the client does not read what it is sent.
 - Revoked or suspended identities are dropped without their will; a keep-alive timeout or an
   expired certificate publishes it, as any abnormal disconnect does.
-- Stored sessions do not expire on their own; revocation and suspension purge them.
+- Revoking or suspending a device purges what it left behind, once its connections are
+  gone: its stored session (subscriptions, queued messages, will) and every retained
+  message it was the last to set, wills included; a resumed device starts clean. Revoking
+  one certificate purges the sessions last held through it but keeps the device's retained
+  messages: they belong to the device, which may be active with another certificate (after
+  a rekey, revoking the old one must not wipe its state). One ``broker.purge`` audit event
+  per revocation event, with counts.
+- A persistent session whose client stays away for ``session_expiry`` (7 days by default)
+  is discarded with its subscriptions, queued and unreleased messages, like Mosquitto's
+  ``persistent_client_expiration``: no client id is held for ever. A clean session is
+  discarded as soon as its connection ends.
 - QoS 1 and 2 deliveries to a persistent session survive its connection: an unacknowledged
   PUBLISH is resent with DUP set and a PUBREL without PUBCOMP is resent on resume, before
   anything new (MQTT-4.4.0-1); nothing reaches a client before its CONNACK.

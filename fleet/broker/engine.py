@@ -33,13 +33,19 @@ What changes against stock amqtt 0.12.1 (S1-S7 are listed in docs/broker-securit
 - subscriptions live in a table indexed by topic level (fleet.broker.subscriptions): a
   SUBSCRIBE, an UNSUBSCRIBE and the routing of a message cost the same with 10 sessions or
   10,000, and a repeated SUBSCRIBE replaces the subscription's QoS (MQTT-3.8.4-3);
-- sessions keep their state without a ``transitions`` machine each (fleet.broker.session).
+- sessions keep their state without a ``transitions`` machine each (fleet.broker.session);
+  a clean session is discarded when its connection ends, a persistent one once its client
+  has been away for ``session_expiry`` (fleet.broker.session.Away), instead of amqtt's scan
+  of every session once a second;
+- the revocation watcher purges a session (:meth:`FleetBroker.purge_session`) and the
+  retained messages a device set (:meth:`FleetBroker.purge_retained`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from amqtt.broker import Broker, RetainedApplicationMessage
@@ -63,13 +69,15 @@ from fleet.broker.quotas import (
     RetainedLedger,
     weight,
 )
-from fleet.broker.session import RELEASED, SENT, Mailbox
+from fleet.broker.session import RELEASED, SENT, Away, Mailbox
 from fleet.broker.subscriptions import SubscriptionTable
 
 FILTERS_KEY = "fleet.filters"
 """Under ``Session.attributes``: the filters this session holds (a set)."""
 
 SUBACK_FAILURE = 0x80
+
+log = logging.getLogger(__name__)
 
 Denied = Callable[[Connection | None, Action, str], None]
 
@@ -102,8 +110,8 @@ class Inbound:
 class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     """amqtt Broker fed only by the CONNECT gate (listener type ``external``)."""
 
-    def __init__(self, config: dict[str, Any], *, quotas: Quotas, on_denied: Denied,
-                 on_quota: OnQuota) -> None:
+    def __init__(self, config: dict[str, Any], *, quotas: Quotas, session_expiry: float,
+                 on_denied: Denied, on_quota: OnQuota) -> None:
         session.install()
         super().__init__(config)
         plugins = [p for p in self.plugins_manager.plugins if isinstance(p, TopicPolicyPlugin)]
@@ -116,7 +124,8 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self._retained = RetainedLedger(max_messages=quotas.max_retained_messages,
                                         max_bytes=quotas.max_retained_bytes)
         self._subscriptions: SubscriptionTable[Session] = SubscriptionTable()
-        self._notifications: set[asyncio.Future[None]] = set()
+        self._away = Away(after=session_expiry, expire=self._expired)
+        self._tasks: set[asyncio.Future[None]] = set()
         self._listened = {event for event in BrokerEvents if any(
             hasattr(plugin, f"on_{event}") for plugin in self.plugins_manager.plugins)}
 
@@ -141,6 +150,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             session.delivered_message_queue = Inbound()
         if session.parent == 0:
             session.attributes[FILTERS_KEY] = set()
+        self._away.back(session.client_id)  # claimed now: an expiry may not take it any more
         connection.bind(session)
         if isinstance(reader, ConnectionReader):
             reader.receiver = self
@@ -162,32 +172,67 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             await previous[1].stop()
         else:
             client_session.transitions.connect()
-        handler.attach(client_session, reader, writer)
-        # The broker resends its own deliveries (_resend_inflight); inbound QoS 2 messages
-        # wait in the session for the client's PUBREL: amqtt has nothing to retry.
-        handler._retry_deliveries = _nothing
         connection = writer.connection if isinstance(writer, ConnectionWriter) else None
-        if connection is not None and authenticated:  # queued now, written after the CONNACK
-            self._resend_inflight(client_session, connection)
-        self._sessions[client_id] = (client_session, handler)
-        await handler.mqtt_connack_authorize(authenticated)
-        if not authenticated:
-            client_session.transitions.disconnect()
-            await writer.close()
-            return
-        if connection is not None:
-            connection.acknowledged()
-        await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=client_id,
-                                              client_session=client_session)
-        await handler.start()
-        # Messages queued while a persistent session was offline. Retained messages are sent
-        # when a subscription is made (MQTT-3.3.1-6), not again on every reconnect.
-        await self._publish_session_retained_messages(client_session)
-        await self._client_message_loop(client_session, handler)
+        try:
+            handler.attach(client_session, reader, writer)
+            # The broker resends its own deliveries (_resend_inflight); inbound QoS 2 messages
+            # wait in the session for the client's PUBREL: amqtt has nothing to retry.
+            handler._retry_deliveries = _nothing
+            if connection is not None and authenticated:  # queued now, sent after the CONNACK
+                self._resend_inflight(client_session, connection)
+            self._sessions[client_id] = (client_session, handler)
+            await handler.mqtt_connack_authorize(authenticated)
+            if not authenticated:
+                client_session.transitions.disconnect()
+                await writer.close()
+                return
+            if connection is not None:
+                connection.acknowledged()
+            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED,
+                                                  client_id=client_id,
+                                                  client_session=client_session)
+            await handler.start()
+            # Messages queued while a persistent session was offline. Retained messages are
+            # sent when a subscription is made (MQTT-3.3.1-6), not again on every reconnect.
+            await self._publish_session_retained_messages(client_session)
+            await self._client_message_loop(client_session, handler)
+        finally:
+            await self._left(client_session, connection)
 
-    async def purge_session(self, client_id: str) -> None:
-        """Forget a session entirely: subscriptions, queued and in-flight messages, state."""
+    async def _session_monitor(self) -> None:
+        """amqtt's once-a-second scan of every session is not used: :meth:`_left` discards a
+        clean session when its connection ends and :class:`Away` expires persistent ones."""
+
+    async def _left(self, session: Session, connection: Connection | None) -> None:
+        """The connection holding *session* is over: a clean session is discarded now
+        (MQTT-3.1.2-6), a persistent one once its client stays away for ``session_expiry``."""
+        client_id = session.client_id
+        if connection_of(session) is not connection \
+                or self._sessions.get(client_id, (None,))[0] is not session:
+            return  # resumed by a newer connection, or purged
+        if session.transitions.is_connected():  # the connection failed before its DISCONNECT
+            session.transitions.disconnect()
+        if session.clean_session:
+            await self._cleanup_session(client_id)
+        else:
+            self._away.left(client_id, session)
+
+    def _expired(self, client_id: str, session: Session) -> None:
+        if self._sessions.get(client_id, (None,))[0] is session:
+            log.info("session %r expired: its client was away for broker.session_expiry",
+                     client_id)
+            self._spawn(self.purge_session(client_id))
+
+    async def purge_session(self, client_id: str) -> int | None:
+        """Forget a session entirely: subscriptions, queued and in-flight messages, will,
+        state. Returns how many messages it held (None: there was no session)."""
+        stored = self._sessions.get(client_id)
+        if stored is None:
+            return None
+        held: int = stored[0].budget.messages
+        self._away.back(client_id)
         await self._cleanup_session(client_id)  # FleetSession.clear_queues drops what it held
+        return held
 
     def _resend_inflight(self, session: Session, connection: Connection) -> None:
         """Send unacknowledged PUBLISH (DUP set) and PUBREL packets again, in order
@@ -261,9 +306,12 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     def _notify(self, event: BrokerEvents, **details: Any) -> None:
         """Fire an amqtt plugin event, if any plugin listens to it."""
         if event in self._listened:
-            task = asyncio.ensure_future(self.plugins_manager.fire_event(event, **details))
-            self._notifications.add(task)
-            task.add_done_callback(self._notifications.discard)
+            self._spawn(self.plugins_manager.fire_event(event, **details))
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- messages ------------------------------------------------------------------------
 
@@ -355,6 +403,14 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         if retained is not None:
             self._notify(BrokerEvents.RETAINED_MESSAGE, client_id=None,
                          retained_message=retained)
+
+    def purge_retained(self, device_id: str) -> int:
+        """Drop every retained message *device_id* set (and is still the last to have set);
+        returns how many."""
+        topics = self._retained.release(device_id)
+        for topic in topics:
+            del self._retained_messages[topic]
+        return len(topics)
 
     async def _broadcast_message(self, session: Session | None, topic: str | None,
                                  data: bytes | bytearray | None,

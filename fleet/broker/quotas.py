@@ -151,22 +151,21 @@ class RetainedLedger:
     def __init__(self, *, max_messages: int, max_bytes: int) -> None:
         self._max_messages = max_messages
         self._max_bytes = max_bytes
-        self._owners: dict[str, tuple[str, int]] = {}  # topic -> (device id, weight)
-        self._usage: dict[str, list[int]] = {}  # device id -> [messages, bytes]
+        self._owners: dict[str, str] = {}  # topic -> device id
+        self._held: dict[str, dict[str, int]] = {}  # device id -> {topic: weight}
+        self._bytes: dict[str, int] = {}  # device id -> the sum of its weights
         self._over: set[str] = set()
 
     def usage(self, device_id: str) -> tuple[int, int]:
-        messages, size = self._usage.get(device_id, (0, 0))
-        return messages, size
+        return len(self._held.get(device_id, ())), self._bytes.get(device_id, 0)
 
     def refusal(self, device_id: str | None, topic: str, size: int) -> str | None:
         """The quota that retaining *size* bytes on *topic* would exceed, or None."""
         if device_id is None:
             return None
-        messages, total = self._usage.get(device_id, (0, 0))
-        previous = self._owners.get(topic)
-        if previous is not None and previous[0] == device_id:  # a replacement
-            messages, total = messages - 1, total - previous[1]
+        messages, total = self.usage(device_id)
+        if self._owners.get(topic) == device_id:  # a replacement
+            messages, total = messages - 1, total - self._held[device_id][topic]
         if messages + 1 > self._max_messages:
             return "max_retained_messages"
         if total + size > self._max_bytes:
@@ -184,20 +183,27 @@ class RetainedLedger:
         self.clear(topic)
         if device_id is None:
             return
-        self._owners[topic] = (device_id, size)
-        usage = self._usage.setdefault(device_id, [0, 0])
-        usage[0] += 1
-        usage[1] += size
+        self._owners[topic] = device_id
+        self._held.setdefault(device_id, {})[topic] = size
+        self._bytes[device_id] = self._bytes.get(device_id, 0) + size
         self._over.discard(device_id)
 
     def clear(self, topic: str) -> None:
         """The retained message of *topic* is gone: free its owner's quota."""
-        previous = self._owners.pop(topic, None)
-        if previous is None:
+        device_id = self._owners.pop(topic, None)
+        if device_id is None:
             return
-        device_id, size = previous
-        usage = self._usage[device_id]
-        usage[0] -= 1
-        usage[1] -= size
-        if not usage[0]:
-            del self._usage[device_id]
+        held = self._held[device_id]
+        self._bytes[device_id] -= held.pop(topic)
+        if not held:
+            del self._held[device_id], self._bytes[device_id]
+
+    def release(self, device_id: str) -> list[str]:
+        """Forget what *device_id* retained, its episode included; the topics of its
+        messages (which the broker then drops)."""
+        held = self._held.pop(device_id, {})
+        self._bytes.pop(device_id, None)
+        self._over.discard(device_id)
+        for topic in held:
+            del self._owners[topic]
+        return list(held)

@@ -107,6 +107,7 @@ async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
             serial=connection.serial if connection else None)
 
     broker = FleetBroker(broker_config(), quotas=Quotas.from_settings(settings),
+                         session_expiry=settings.session_expiry.total_seconds(),
                          on_denied=denied, on_quota=quota)
     await broker.start()
     gate = Gate(settings=settings, backend=backend, audit=audit, policy=policy, broker=broker,

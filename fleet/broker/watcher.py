@@ -1,18 +1,33 @@
-"""The revocation watcher: drops live connections of revoked or suspended identities.
+"""The revocation watcher: drops live connections of revoked or suspended identities and
+purges what they left behind.
 
 Polls the registry's revocation events every ``revocation_poll_interval``. An event naming a
 certificate serial drops every connection that presented that certificate; an event naming
 only a device (device revoked or suspended) drops every connection of that device. The
-dropped identity's will is not published, and once its connections are gone its stored
-sessions are purged so that nothing is resumed later. Reconnects are refused by the gate,
-which asks the registry on every CONNECT; a resumed device is admitted again.
+dropped identity's will is not published. Reconnects are refused by the gate, which asks the
+registry on every CONNECT; a resumed device is admitted again.
+
+Once the dropped connections are gone (so nothing they sent is still being routed), the
+identity's leftovers are purged, and one ``broker.purge`` event records the counts:
+
+- a device revoked or suspended: its stored session (subscriptions, queued and unreleased
+  messages, will) and every retained message it set (fleet.broker.quotas.RetainedLedger
+  knows which, wills retained included), so a new subscriber no longer receives them and a
+  resumed device starts clean;
+- one certificate revoked: the sessions last held through that certificate, but not the
+  device's retained messages. They belong to the device, which may still be active with
+  another certificate (after a rekey, revoking the old one must not wipe its state);
+  revoking or suspending the device removes them.
 
 Revocation is final, so its connections are dropped at once. A suspension can be lifted
 before the watcher sees it; a connection admitted after the resume must survive the late
 event. So a connection admitted before the suspension was recorded is dropped at once, and
 one admitted since is asked about again (as at CONNECT) and dropped unless the registry
-admits it now (an unreachable registry drops it too). A connection still waiting for its
-admission is left to the gate, which reads the device's current state.
+admits it now (an unreachable registry drops it too). If one is still admitted, the device
+is back and keeps its session and retained messages. Any other event (a certificate
+superseded by a renewal, usable for its grace) has each connection asked about again, and
+purges nothing. A connection still waiting for its admission is left to the gate, which
+reads the current state.
 """
 
 from __future__ import annotations
@@ -75,31 +90,31 @@ class RevocationWatcher:
                 self._last = event.id or self._last
 
     def apply(self, event: RevocationEvent) -> None:
-        owned: Callable[[Connection], bool]
         if event.serial:
-            serial = event.serial
-            targets = self._connections.with_serial(serial)
-            reason = f"certificate {serial} {event.kind}"
-            owned = lambda c: c.serial == serial  # noqa: E731
+            targets = self._connections.with_serial(event.serial)
+            reason = f"certificate {event.serial} {event.kind}"
         elif event.device_id:
-            identity = Identity("device", event.device_id)
-            targets = self._connections.of_identity(identity)
+            targets = self._connections.of_identity(Identity("device", event.device_id))
             reason = f"device {event.device_id} {event.kind}"
-            owned = lambda c: c.identity == identity  # noqa: E731
         else:
             return
-        if event.kind == "revoked":
-            for connection in targets:
-                self._drop(connection, reason, event.device_id)
-        task = asyncio.create_task(self._purge(targets, owned, reason, event))
+        wills = self._drop(targets, reason, event) if event.kind == "revoked" else 0
+        task = asyncio.create_task(self._purge(targets, reason, event, wills))
         self._purges.add(task)
         task.add_done_callback(self._purges.discard)
 
-    def _drop(self, connection: Connection, reason: str, device_id: str | None) -> None:
-        connection.abort(reason, suppress_will=True)
-        self._audit.disconnected(
-            "broker.disconnect", reason=reason, serial=connection.serial, device_id=device_id,
-            detail={"peer": connection.peer, "client_id": connection.client_id})
+    def _drop(self, connections: list[Connection], reason: str, event: RevocationEvent) -> int:
+        """Drop *connections* without their wills; returns how many wills were withheld."""
+        wills = 0
+        for connection in connections:
+            session = connection.session
+            wills += session is not None and bool(session.will_flag)
+            connection.abort(reason, suppress_will=True)
+            self._audit.disconnected(
+                "broker.disconnect", reason=reason, serial=connection.serial,
+                device_id=event.device_id,
+                detail={"peer": connection.peer, "client_id": connection.client_id})
+        return wills
 
     async def _still_admitted(self, connection: Connection) -> bool:
         try:
@@ -108,31 +123,54 @@ class RevocationWatcher:
             return False
         return True
 
-    async def _purge(self, targets: list[Connection], owned: Callable[[Connection], bool],
-                     reason: str, event: RevocationEvent) -> None:
-        """Drop what a suspension still applies to, then purge the dropped identity's stored
-        sessions once its connections are gone."""
+    async def _purge(self, targets: list[Connection], reason: str, event: RevocationEvent,
+                     wills: int) -> None:
+        """Drop what a suspension (or another non-final event) still applies to; once the
+        dropped connections are gone (nothing they sent is still being routed), purge what a
+        revoked or suspended identity left behind."""
         if event.kind != "revoked":
+            suspended = event.kind == "suspended"
             before: list[Connection] = []
             since: list[Connection] = []
             for connection in targets:
                 if connection.admitted_at is None:
                     continue  # the gate has yet to ask the registry; it reads the new state
-                (before if connection.admitted_at < event.created_at else since).append(
-                    connection)
-            for connection in before:
-                self._drop(connection, reason, event.device_id)
+                predates = suspended and connection.admitted_at < event.created_at
+                (before if predates else since).append(connection)
+            wills += self._drop(before, reason, event)
             verdicts = await asyncio.gather(*(self._still_admitted(c) for c in since))
-            for connection, ok in zip(since, verdicts, strict=True):
-                if not ok:
-                    self._drop(connection, reason, event.device_id)
-                    before.append(connection)
-            if not before and since:
-                return  # resumed before we looked: nothing to drop or purge
-            targets = before
+            failed = [c for c, ok in zip(since, verdicts, strict=True) if not ok]
+            wills += self._drop(failed, reason, event)
+            if not suspended or len(failed) < len(since):
+                return  # still active (renewed; or resumed, and back): it keeps its state
+            targets = before + failed
         if targets:
             await asyncio.wait({c.finished for c in targets}, timeout=_FINISH_WAIT)
-        for client_id, (session, _) in list(self._broker.sessions.items()):
-            owner = connection_of(session)
-            if owner is not None and owned(owner):
-                await self._broker.purge_session(client_id)
+        sessions = queued = 0
+        for client_id in self._stored_sessions(event):
+            held = await self._broker.purge_session(client_id)
+            if held is not None:
+                sessions, queued = sessions + 1, queued + held
+        retained = self._broker.purge_retained(event.device_id) \
+            if event.device_id and not event.serial else 0
+        self._audit.disconnected(
+            "broker.purge", reason=reason, device_id=event.device_id, serial=event.serial,
+            detail={"sessions": sessions, "queued": queued, "retained": retained,
+                    "wills": wills})
+
+    def _stored_sessions(self, event: RevocationEvent) -> list[str]:
+        """The client ids of the sessions *event* purges: those its identity last held, and
+        no live connection holds (one admitted since, as after a resume, keeps its own)."""
+        sessions = self._broker.sessions
+        owned: Callable[[Connection], bool]
+        if event.serial:
+            serial = event.serial
+            candidates = list(sessions)  # a service's certificate may hold many client ids
+            owned = lambda c: c.serial == serial  # noqa: E731
+        else:
+            device_id = event.device_id
+            candidates = [device_id] if device_id in sessions else []  # its one client id
+            owned = lambda c: c.device_id == device_id  # noqa: E731
+        return [client_id for client_id in candidates
+                if (owner := connection_of(sessions[client_id][0])) is not None
+                and owner.closing and owned(owner)]

@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from pki.x509_factory import device_csr, new_key
 
 from fleet import pki
@@ -14,7 +15,7 @@ from fleet.authority import Authority, TokenCredential
 from fleet.ca import Paths
 from fleet.settings import Settings, load_settings
 
-from .helpers import BrokerThread, Client, Credentials
+from .helpers import BrokerThread, Client, Clients, Credentials
 
 Enroll = Callable[..., Credentials]
 StartBroker = Callable[..., BrokerThread]
@@ -98,16 +99,16 @@ def broker(start_broker: StartBroker) -> BrokerThread:
 @pytest.fixture
 def connect(broker: BrokerThread) -> Iterator[Callable[..., Client]]:
     """Connect a paho client to the broker; asserts CONNACK 0 unless expect= says otherwise."""
-    clients: list[Client] = []
+    with Clients(broker) as clients:
+        yield clients.connect
 
-    def connect(credentials: Credentials | None, *, expect: int | None = 0,
-                **options: object) -> Client:
-        client = Client(broker.port, credentials, **options)  # type: ignore[arg-type]
-        clients.append(client)
-        assert client.connect() == expect
-        return client
 
-    yield connect
-    for client in clients:
-        client.close()
-
+def rekey(authority: Authority, old: Credentials) -> Credentials:
+    """Re-enroll with *old* and a new key, as EST simplereenroll does; *old* is superseded."""
+    key = new_key()
+    renewed = authority.reenroll(
+        client_certificate=x509.load_pem_x509_certificate(old.cert.read_bytes()),
+        csr=device_csr(old.name, key), actor=old.name)
+    return write_credentials(old.cert.parent / "renewed", old.name, key,
+                             pki.certificate_pem(renewed.certificate), renewed.record.serial,
+                             old.ca)

@@ -132,15 +132,21 @@ class Client:
             self.paho.will_set(topic, payload, qos=qos, retain=retain)
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.connack: queue.Queue[int] = queue.Queue()
+        self.session_present: bool | None = None  # of the last CONNACK
         self.subacks: queue.Queue[list[int]] = queue.Queue()
         self.acks: queue.Queue[int] = queue.Queue()
         self.disconnected = threading.Event()
-        self.paho.on_connect = lambda c, u, f, rc, p: self.connack.put(_connack_code(rc))
+        self.paho.on_connect = self._on_connect
         self.paho.on_message = lambda c, u, m: self.messages.put(m)
         self.paho.on_subscribe = lambda c, u, mid, codes, p: self.subacks.put(
             [_suback_code(code) for code in codes])
         self.paho.on_publish = lambda c, u, mid, rc, p: self.acks.put(mid)
         self.paho.on_disconnect = lambda c, u, f, rc, p: self.disconnected.set()
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
+                    code: ReasonCode, properties: object) -> None:
+        self.session_present = flags.session_present
+        self.connack.put(_connack_code(code))
 
     def connect(self, timeout: float = WAIT) -> int | None:
         """The CONNACK return code, or None when the connection ended without one."""
@@ -177,6 +183,29 @@ class Client:
     def close(self) -> None:
         self.paho.disconnect()
         self.paho.loop_stop()
+
+
+class Clients:
+    """Paho clients of one broker, closed together: ``with Clients(broker) as clients``."""
+
+    def __init__(self, broker: BrokerThread) -> None:
+        self.broker = broker
+        self._clients: list[Client] = []
+
+    def connect(self, credentials: Credentials | None, *, expect: int | None = 0,
+                **options: Any) -> Client:
+        """A connected client; asserts CONNACK 0 unless *expect* says otherwise."""
+        client = Client(self.broker.port, credentials, **options)
+        self._clients.append(client)
+        assert client.connect() == expect
+        return client
+
+    def __enter__(self) -> Clients:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for client in self._clients:
+            client.close()
 
 
 def _connack_code(code: ReasonCode | int) -> int:

@@ -10,15 +10,12 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from cryptography import x509
-from pki.x509_factory import device_csr, new_key
 from sqlalchemy.engine import Engine
 
-from fleet import pki
 from fleet.authority import Authority
 from fleet.registry import utcnow
 
-from .conftest import Enroll, StartBroker, write_credentials
+from .conftest import Enroll, StartBroker, rekey
 from .helpers import BrokerThread, Client, Credentials, audit_events, wait_until
 
 NOT_AUTHORIZED = 5
@@ -62,14 +59,7 @@ def test_revoked_certificate_dropped_others_stay(enroll: Enroll, sqlite_authorit
 def test_revoking_superseded_certificate_keeps_current_connection(
         enroll: Enroll, sqlite_authority: Authority, connect: Callable[..., Client]) -> None:
     old = enroll("d1")
-    key = new_key()
-    renewed = sqlite_authority.reenroll(
-        client_certificate=x509.load_pem_x509_certificate(old.cert.read_bytes()),
-        csr=device_csr("d1", key), actor="d1")
-    current = write_credentials(old.cert.parent / "renewed", "d1", key,
-                                pki.certificate_pem(renewed.certificate), renewed.record.serial,
-                                old.ca)
-    device = connect(current)
+    device = connect(rekey(sqlite_authority, old))
     sqlite_authority.revoke_certificate(serial=old.serial, reason="superseded", actor="operator")
     assert dropped_within(device, 1.0) is None
 
