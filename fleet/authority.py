@@ -38,6 +38,7 @@ from fleet.pki import Identity
 from fleet.registry import certificates as certs_db
 from fleet.registry import devices as devices_db
 from fleet.registry import events as events_db
+from fleet.registry import names as names_db
 from fleet.registry import tokens as tokens_db
 from fleet.registry.engine import session as new_session
 from fleet.registry.engine import unavailable_as_error, write_session
@@ -256,6 +257,8 @@ class Authority:
             if device_id is not None:
                 existing = devices_db.get_device(session=session, device_id=device_id)
                 if existing is None:
+                    names_db.require_disjoint(session=session,
+                                              identity=Identity("device", device_id))
                     devices_db.create_device(session=session, device_id=device_id, group=group,
                                              status=DeviceStatus.PENDING, now=now)
                 elif existing.status == DeviceStatus.REVOKED:
@@ -341,6 +344,7 @@ class Authority:
                 raise TokenError("bootstrap token already used", token_id=token.id)
             superseded: list[str] = []
             if device is None:
+                names_db.require_disjoint(session=session, identity=ident)
                 try:  # another enrollment of the same new device may have committed meanwhile
                     with session.begin_nested():
                         device = devices_db.create_device(session=session, device_id=ident.name,
@@ -559,6 +563,7 @@ class Authority:
         with self._audited("service.issue", actor=actor) as session:
             identity = Identity("service", pki.check_service_name(name))
             key_name = pki.check_key_policy(public_key)
+            names_db.require_disjoint(session=session, identity=identity)
             now = self.clock()
             cert = self._sign(identity, public_key, self.settings.service_lifetime, now)
             row = self._record(session, cert, identity, now)

@@ -6,9 +6,12 @@ reads the first packet itself, with the connect timeout (S7), and checks in turn
 1. the CONNECT is well-formed MQTT 3.1.1 (else close; another protocol level gets 0x01);
 2. the certificate names a device or service of this trust domain (else 0x05);
 3. the client id is the device id, or for a service its name or its name followed by one
-   of ``-_.:/@`` (else 0x02 identifier rejected);
+   of ``-_.:/@`` (else 0x02 identifier rejected); the registry keeps these namespaces
+   disjoint (fleet.registry.names);
 4. the client id is not held (live or as a stored session) by another identity (else 0x02):
-   no connection can wipe, resume or take over another identity's session (S1, S2, S6);
+   no connection can wipe, resume or take over another identity's session (S1, S2, S6),
+   which also holds for a device and a service whose names collided before the registry
+   kept them apart: the first to hold the client id keeps it;
 5. the registry admits the certificate: known, not revoked, device active (else 0x05;
    0x03 when the registry is unreachable);
 6. the will topic passes the publish policy (else 0x05, S4).
@@ -49,6 +52,7 @@ from fleet.errors import (
     RegistryUnavailableError,
 )
 from fleet.pki import Identity
+from fleet.pki.identity import SERVICE_CLIENT_ID_SEPARATORS, is_service_client_id
 from fleet.registry.models import utcnow
 from fleet.settings import Settings
 
@@ -57,7 +61,6 @@ log = logging.getLogger(__name__)
 LISTENER = "default"
 MAX_CONNECT_BYTES = 65536
 """A CONNECT (client id, will, user name) larger than this is a protocol abuse."""
-SERVICE_CLIENT_ID_SEPARATORS = "-_.:/@"
 _CLOSE_WAIT = 1.0
 
 
@@ -72,10 +75,8 @@ class Refused(Exception):
 
 def client_id_problem(identity: Identity, client_id: str) -> str | None:
     """Why *identity* may not use *client_id*, or None."""
-    if client_id == identity.name:
-        return None
-    if identity.kind == "service" and client_id.startswith(identity.name) \
-            and client_id[len(identity.name)] in SERVICE_CLIENT_ID_SEPARATORS:
+    if client_id == identity.name or (identity.kind == "service"
+                                      and is_service_client_id(identity.name, client_id)):
         return None
     expected = (f"{identity.name!r}" if identity.kind == "device" else
                 f"{identity.name!r} or {identity.name!r} + one of {SERVICE_CLIENT_ID_SEPARATORS}")

@@ -1,4 +1,11 @@
-"""Device and service identities and their SPIFFE URIs."""
+"""Device and service identities, their SPIFFE URIs and the MQTT client ids each may use.
+
+A device's only client id is its id; a service's client ids are its name, and its name followed
+by one of ``SERVICE_CLIENT_ID_SEPARATORS`` and anything. Device ids and service names are kept
+disjoint by construction: no device id is a client id of any service (``is_service_client_id``),
+so no client id belongs to both kinds. ``fleet.registry.names`` enforces this where identities
+are created.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,9 @@ from fleet.errors import IdentityError
 
 DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 """A device id is safe as a single MQTT topic level and as a URI path segment."""
+
+SERVICE_CLIENT_ID_SEPARATORS = "-_.:/@"
+"""What may follow a service's name in its client ids."""
 
 TRUST_DOMAIN_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$")
 
@@ -64,6 +74,19 @@ def device(device_id: str) -> Identity:
 
 def service(name: str) -> Identity:
     return Identity("service", check_service_name(name))
+
+
+def is_service_client_id(service: str, client_id: str) -> bool:
+    """Whether *client_id* is a client id of service *service*."""
+    return client_id == service or (client_id.startswith(service)
+                                    and client_id[len(service)] in SERVICE_CLIENT_ID_SEPARATORS)
+
+
+def services_claiming(device_id: str) -> list[str]:
+    """Every service name that has *device_id* among its client ids (see is_service_client_id):
+    the id itself and each prefix that ends before a separator."""
+    return [device_id] + [device_id[:i] for i, c in enumerate(device_id)
+                          if i and c in SERVICE_CLIENT_ID_SEPARATORS]
 
 
 def parse_spiffe_uri(uri: str, trust_domain: str) -> Identity:
