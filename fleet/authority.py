@@ -30,6 +30,7 @@ from fleet.errors import (
     ForbiddenError,
     IdentityError,
     InvalidTokenError,
+    KeyPolicyError,
     NotFoundError,
     RegistryUnavailableError,
     TokenError,
@@ -55,6 +56,7 @@ from fleet.settings import Settings
 from fleet.tokens import TOKEN_ID_PATTERN, TokenSecret, new_token, parse_token, secret_matches
 
 MAX_TOKENS_PER_CALL = 100_000
+KEY_COMPROMISE = "keyCompromise"
 _SERIAL = re.compile(r"[0-9a-f]{1,40}")
 
 
@@ -81,7 +83,9 @@ class Admission:
     identity: Identity
     group: str | None
     serial: str
-    not_after: datetime
+    usable_until: datetime
+    """notAfter, or for a superseded certificate the end of its grace, if sooner."""
+    superseded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +230,7 @@ class Authority:
             device_id=identity.name if identity.kind == "device" else None,
             service=identity.name if identity.kind == "service" else None,
             fingerprint_sha256=pki.fingerprint_sha256(cert),
+            spki_sha256=pki.spki_sha256(cert.public_key()),
             not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
             status=CertificateStatus.ACTIVE, issued_at=now, replaces=replaces,
             pem=pki.certificate_pem(cert),
@@ -355,10 +360,15 @@ class Authority:
             else:  # re-provisioning with a token bound to this device
                 devices_db.set_device_status(session=session, device=device,
                                              status=DeviceStatus.ACTIVE, reason=None, now=now)
-                superseded = certs_db.supersede_active(session=session, device_id=device.id)
+                superseded = certs_db.supersede_active(session=session, device_id=device.id,
+                                                       now=now)
+            _require_key_not_compromised(session, request.csr.public_key(), ident.name)
             cert = self._sign(ident, request.csr.public_key(),
                               self.settings.device_lifetime, now)
             row = self._record(session, cert, ident, now)
+            for old in superseded:
+                events_db.record_revocation(session=session, now=now, kind="superseded",
+                                            serial=old, device_id=device.id)
             self.audit(session, action="enroll", outcome="ok", actor=actor, device_id=device.id,
                        serial=row.serial,
                        detail={"token_id": token.id, "group": device.group,
@@ -411,12 +421,16 @@ class Authority:
                     "CSR subject and subjectAltName must be identical to the certificate being "
                     f"renewed (CN={identity.name})", device_id=identity.name, serial=serial)
             # Only one renewal can win per certificate, even under concurrent requests.
-            if not certs_db.supersede_if_active(session=session, serial=serial):
+            _require_key_not_compromised(session, request.csr.public_key(), identity.name)
+            if not certs_db.supersede_if_active(session=session, serial=serial, now=now):
                 raise CertificateNotActiveError(f"certificate {serial} was already renewed",
                                                 serial=serial, device_id=identity.name)
             cert = self._sign(identity, request.csr.public_key(),
                               self.settings.device_lifetime, now)
             row = self._record(session, cert, identity, now, replaces=serial)
+            # Brokers drop the superseded certificate's connections when its grace ends.
+            events_db.record_revocation(session=session, now=now, kind="superseded",
+                                        serial=serial, device_id=identity.name)
             rekey = request.csr.public_key() != client_certificate.public_key()
             self.audit(session, action="reenroll", outcome="ok", actor=actor,
                        device_id=identity.name, serial=row.serial,
@@ -462,8 +476,20 @@ class Authority:
         if identity.kind == "service" and facts.service != identity.name:
             raise CertificateNotActiveError(f"certificate {serial} is not {identity}'s",
                                             serial=serial)
+        usable_until, superseded = facts.not_after, facts.status == CertificateStatus.SUPERSEDED
+        if superseded:
+            cutoff = self.superseded_cutoff(facts.superseded_at or now)
+            if now >= cutoff:
+                raise CertificateNotActiveError(
+                    f"certificate {serial} was superseded by a renewal; its grace ended at "
+                    f"{cutoff.isoformat()}", serial=serial, device_id=facts.device_id)
+            usable_until = min(usable_until, cutoff)
         return Admission(identity=identity, group=facts.device_group, serial=serial,
-                         not_after=facts.not_after)
+                         usable_until=usable_until, superseded=superseded)
+
+    def superseded_cutoff(self, superseded_at: datetime) -> datetime:
+        """Until when a certificate superseded at *superseded_at* stays usable."""
+        return superseded_at + self.settings.superseded_grace
 
     def revocations_after(self, after_id: int, *, limit: int = 1000) -> Sequence[RevocationEvent]:
         with unavailable_as_error(), new_session(self.engine) as session:
@@ -509,12 +535,20 @@ class Authority:
             if record.status == CertificateStatus.REVOKED:
                 raise ConflictError(f"certificate {serial} is already revoked", serial=serial)
             now = self.clock()
-            certs_db.revoke_certificates(session=session, serials=[serial], reason=reason,
+            revoked = [record]
+            if reason == KEY_COMPROMISE and record.spki_sha256:
+                # Every certificate of the key, active or superseded, is as compromised.
+                revoked += [other for other in certs_db.unrevoked_with_key(
+                    session=session, spki_sha256=record.spki_sha256) if other.serial != serial]
+            serials = [row.serial for row in revoked]
+            certs_db.revoke_certificates(session=session, serials=serials, reason=reason,
                                          now=now)
-            events_db.record_revocation(session=session, now=now, kind="revoked", serial=serial,
-                                        device_id=record.device_id)
+            for row in revoked:
+                events_db.record_revocation(session=session, now=now, kind="revoked",
+                                            serial=row.serial, device_id=row.device_id)
             self.audit(session, action="cert.revoke", outcome="ok", actor=actor,
-                       device_id=record.device_id, serial=serial, reason=reason)
+                       device_id=record.device_id, serial=serial, reason=reason,
+                       detail={"same_key": serials[1:]} if len(serials) > 1 else None)
             record.status, record.revoked_at, record.revocation_reason = (
                 CertificateStatus.REVOKED, now, reason)
         self._crl_cache = None
@@ -583,6 +617,11 @@ class Authority:
                 return cached[2]
             crl = self.build_crl()
             refresh_at = now + self.settings.crl_next_update / 2
+            with unavailable_as_error(), new_session(self.engine) as session:
+                cutoff = certs_db.next_supersession_cutoff(
+                    session=session, now=now, grace=self.settings.superseded_grace)
+            if cutoff is not None:  # a grace ends before then: that certificate joins the CRL
+                refresh_at = min(refresh_at, cutoff)
             self._crl_cache = (last_event, refresh_at, crl)
             return crl
 
@@ -595,6 +634,11 @@ class Authority:
                 pki.RevokedEntry(int(row.serial, 16), row.revoked_at or now,
                                  row.revocation_reason or "unspecified")
                 for row in certs_db.revoked_certificates(session=session, now=now)
+            ] + [  # superseded past their grace: other relying parties refuse them too
+                pki.RevokedEntry(int(row.serial, 16),
+                                 self.superseded_cutoff(row.superseded_at or now), "superseded")
+                for row in certs_db.superseded_since(
+                    session=session, now=now, before=now - self.settings.superseded_grace)
             ]
             return pki.build_crl(issuer=self.ca.issuing, issuer_key=self.ca.issuing_key,
                                  revoked=revoked, crl_number=number, now=now,
@@ -617,6 +661,14 @@ def _require_registered(cert: x509.Certificate, identity: Identity, fingerprint:
     if status == CertificateStatus.REVOKED:
         raise CertificateNotActiveError(f"certificate {serial} is revoked",
                                         serial=serial, device_id=identity.name)
+
+
+def _require_key_not_compromised(session: Session, public_key: CertificatePublicKeyTypes,
+                                 device_id: str) -> None:
+    """A key revoked for keyCompromise is never certified again: a new key is needed."""
+    if certs_db.key_compromised(session=session, spki_sha256=pki.spki_sha256(public_key)):
+        raise KeyPolicyError("this public key was revoked for keyCompromise; generate a new key "
+                             "(and enroll with a new token)", device_id=device_id)
 
 
 def _require_enrollable(device: Device) -> None:

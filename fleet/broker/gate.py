@@ -225,8 +225,9 @@ class Gate:
             await asyncio.wait({previous.finished}, timeout=self._timeout)
         connection.grants = grants
         loop = asyncio.get_running_loop()
-        expiry = loop.call_later(max(0.0, (admission.not_after - utcnow()).total_seconds()),
-                                 self._expired, connection)
+        expiry = loop.call_later(
+            max(0.0, (admission.usable_until - utcnow()).total_seconds()),
+            self._expired, connection, admission.superseded)
         connection.watch_keep_alive(connect.keep_alive, self._idle)
         try:
             await self._broker.external_connected(
@@ -239,8 +240,9 @@ class Gate:
         finally:
             expiry.cancel()
 
-    def _expired(self, connection: Connection) -> None:
-        reason = f"certificate {connection.serial} expired"
+    def _expired(self, connection: Connection, superseded: bool) -> None:
+        reason = (f"certificate {connection.serial} superseded: its grace ended" if superseded
+                  else f"certificate {connection.serial} expired")
         connection.abort(reason)
         self._audit.disconnected("broker.disconnect", reason=reason,
                                  device_id=_device_id(connection.identity),

@@ -38,6 +38,7 @@ from fleet.pki.verify import (
     certificate_pem,
     fingerprint_sha256,
     load_certificate,
+    spki_sha256,
     verify_leaf,
 )
 
@@ -49,5 +50,5 @@ __all__ = [
     "fingerprint_sha256", "generate_private_key", "identity_from_certificate", "identity_profile",
     "inspect_csr", "issue_certificate", "load_certificate", "load_certs_only", "load_csr",
     "load_private_key_pem", "private_key_pem", "same_subject_and_san", "server_profile",
-    "verify_leaf",
+    "spki_sha256", "verify_leaf",
 ]

@@ -10,6 +10,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fleet.errors import IdentityError
@@ -125,6 +126,15 @@ def _usage_problem(cert: x509.Certificate) -> str | None:
     except x509.ExtensionNotFound:
         pass
     return None
+
+
+def spki_sha256(public_key: CertificatePublicKeyTypes) -> str:
+    """SHA-256 of the DER SubjectPublicKeyInfo: the key's identity across certificates."""
+    der = public_key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    return digest.finalize().hex()
 
 
 def fingerprint_sha256(cert: x509.Certificate) -> str:

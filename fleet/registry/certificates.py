@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, bindparam, insert
+from sqlalchemy import Row, bindparam, func, insert
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select, update
 
@@ -27,7 +27,7 @@ def get_certificate(*, session: Session, serial: str) -> Certificate | None:
 _DEVICES = Device.__table__  # type: ignore[attr-defined]
 _ADMISSION = (
     sa_select(_TABLE.c.fingerprint_sha256, _TABLE.c.status, _TABLE.c.not_after,
-              _TABLE.c.device_id, _TABLE.c.service,
+              _TABLE.c.superseded_at, _TABLE.c.device_id, _TABLE.c.service,
               _DEVICES.c.status.label("device_status"), _DEVICES.c.group.label("device_group"))
     .select_from(_TABLE.outerjoin(_DEVICES, _DEVICES.c.id == _TABLE.c.device_id))
     .where(_TABLE.c.serial == bindparam("serial"))
@@ -36,8 +36,8 @@ _ADMISSION = (
 
 def admission_facts(*, session: Session, serial: str) -> Row[Any] | None:
     """What broker admission decides on, in one query: the certificate row and its device's
-    status and group (fingerprint_sha256, status, not_after, device_id, service,
-    device_status, device_group)."""
+    status and group (fingerprint_sha256, status, not_after, superseded_at, device_id,
+    service, device_status, device_group)."""
     return execute(session, _ADMISSION, serial=serial).first()
 
 
@@ -74,30 +74,28 @@ _SUPERSEDE_SERIALS = (
     update(_TABLE)
     .where(_TABLE.c.serial.in_(bindparam("serials", expanding=True)),
            _TABLE.c.status == CertificateStatus.ACTIVE.value)
-    .values(status=CertificateStatus.SUPERSEDED.value)
+    .values(status=CertificateStatus.SUPERSEDED.value, superseded_at=bindparam("now"))
 )
 _SUPERSEDE_ONE = (
     update(_TABLE)
     .where(_TABLE.c.serial == bindparam("one_serial"),
            _TABLE.c.status == CertificateStatus.ACTIVE.value)
-    .values(status=CertificateStatus.SUPERSEDED.value)
+    .values(status=CertificateStatus.SUPERSEDED.value, superseded_at=bindparam("now"))
 )
 
 
-def supersede_active(
-    *, session: Session, device_id: str, except_serial: str | None = None
-) -> list[str]:
-    """Mark every active certificate of a device superseded; return their serials."""
-    serials = [serial for serial in execute(session, _ACTIVE_OF_DEVICE, device_id=device_id)
-               .scalars() if serial != except_serial]
+def supersede_active(*, session: Session, device_id: str, now: datetime) -> list[str]:
+    """Mark every active certificate of a device superseded at *now*; return their serials."""
+    serials = list(execute(session, _ACTIVE_OF_DEVICE, device_id=device_id).scalars())
     if serials:
-        execute(session, _SUPERSEDE_SERIALS, serials=serials)
+        execute(session, _SUPERSEDE_SERIALS, serials=serials, now=now)
     return serials
 
 
-def supersede_if_active(*, session: Session, serial: str) -> bool:
-    """Supersede one certificate if it is still active; False when another renewal won."""
-    return bool(execute(session, _SUPERSEDE_ONE, one_serial=serial).rowcount == 1)
+def supersede_if_active(*, session: Session, serial: str, now: datetime) -> bool:
+    """Supersede one certificate at *now* if it is still active; False when another renewal
+    won."""
+    return bool(execute(session, _SUPERSEDE_ONE, one_serial=serial, now=now).rowcount == 1)
 
 
 def revoke_certificates(
@@ -118,9 +116,46 @@ def unrevoked_serials(*, session: Session, device_id: str) -> list[str]:
     return list(session.exec(statement).all())
 
 
+def unrevoked_with_key(*, session: Session, spki_sha256: str) -> Sequence[Certificate]:
+    """Every certificate of this public key that is not revoked yet."""
+    statement = select(Certificate).where(
+        Certificate.spki_sha256 == spki_sha256, Certificate.status != CertificateStatus.REVOKED
+    ).order_by(col(Certificate.issued_at))
+    return session.exec(statement).all()
+
+
+def key_compromised(*, session: Session, spki_sha256: str) -> bool:
+    """Has a certificate of this public key been revoked for keyCompromise?"""
+    statement = select(Certificate.serial).where(
+        Certificate.spki_sha256 == spki_sha256,
+        Certificate.revocation_reason == "keyCompromise").limit(1)
+    return session.exec(statement).first() is not None
+
+
 def revoked_certificates(*, session: Session, now: datetime) -> Sequence[Certificate]:
-    """Revoked certificates that have not expired yet: what a CRL must list."""
+    """Revoked certificates that have not expired yet."""
     statement = select(Certificate).where(
         Certificate.status == CertificateStatus.REVOKED, Certificate.not_after > now
     ).order_by(col(Certificate.revoked_at))
     return session.exec(statement).all()
+
+
+def superseded_since(*, session: Session, now: datetime,
+                     before: datetime | None = None) -> Sequence[Certificate]:
+    """Superseded certificates that have not expired yet, superseded before *before* when
+    given (past their grace), oldest supersession first."""
+    statement = select(Certificate).where(
+        Certificate.status == CertificateStatus.SUPERSEDED, Certificate.not_after > now)
+    if before is not None:
+        statement = statement.where(col(Certificate.superseded_at) <= before)
+    return session.exec(statement.order_by(col(Certificate.superseded_at))).all()
+
+
+def next_supersession_cutoff(*, session: Session, now: datetime,
+                             grace: timedelta) -> datetime | None:
+    """When the next superseded certificate still in its grace reaches the end of it."""
+    statement = select(func.min(Certificate.superseded_at)).where(
+        Certificate.status == CertificateStatus.SUPERSEDED, Certificate.not_after > now,
+        col(Certificate.superseded_at) > now - grace)
+    earliest = session.exec(statement).first()
+    return earliest + grace if earliest is not None else None

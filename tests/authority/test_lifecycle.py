@@ -266,7 +266,8 @@ def test_admit_returns_identity_group_serial_and_expiry(fleet: Fleet) -> None:
     assert admission.identity == Identity("device", "dev-1")
     assert admission.group == "cameras"
     assert admission.serial == serial(cert)
-    assert admission.not_after == cert.not_valid_after_utc
+    assert admission.usable_until == cert.not_valid_after_utc
+    assert not admission.superseded
 
 
 def test_admit_refused_expired(fleet: Fleet) -> None:

@@ -63,7 +63,7 @@ def test_migrations_apply_twice(engine: Engine) -> None:
     assert set(inspect(engine).get_table_names()) >= TABLES
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0002",)]
+            ("0003",)]
         assert connection.execute(text("SELECT id, crl_number FROM crl_state")).all() == [(1, 0)]
 
 
@@ -266,14 +266,15 @@ def test_certificate_needs_a_known_device(engine: Engine) -> None:
 def test_certificate_status_transitions(engine: Engine) -> None:
     add_device(engine)
     with write_session(engine) as session:
-        for serial in ("a1", "a2", "a3"):
+        for serial in ("a1", "a2"):
             certs_db.add_certificate(session=session, certificate=cert_row(serial))
         certs_db.add_certificate(session=session, certificate=cert_row(
             "a4", not_after=NOW - timedelta(seconds=1)))
         session.commit()
     with write_session(engine) as session:
         assert sorted(certs_db.supersede_active(session=session, device_id="dev-1",
-                                                except_serial="a3")) == ["a1", "a2", "a4"]
+                                                now=NOW)) == ["a1", "a2", "a4"]
+        certs_db.add_certificate(session=session, certificate=cert_row("a3"))
         certs_db.revoke_certificates(session=session, serials=["a2", "a4"],
                                      reason="keyCompromise", now=NOW)
         session.commit()
@@ -288,6 +289,9 @@ def test_certificate_status_transitions(engine: Engine) -> None:
         a2 = certs_db.get_certificate(session=session, serial="a2")
         assert a2 is not None
         assert (a2.revocation_reason, a2.revoked_at) == ("keyCompromise", NOW)
+        a1 = certs_db.get_certificate(session=session, serial="a1")
+        assert a1 is not None
+        assert a1.superseded_at == NOW
         assert [c.serial for c in certs_db.list_certificates(
             session=session, status="active")] == ["a3"]
         assert [c.serial for c in certs_db.list_certificates(
