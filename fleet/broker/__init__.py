@@ -34,6 +34,9 @@ Decisions worth knowing:
   or clearing one of its own frees its place). With the defaults one device pins at most
   about 6.3 MiB (:func:`fleet.broker.quotas.pinned_bytes`).
 - The broker stops reading from a client while the client does not read what it is sent.
+- A certificate superseded by a renewal is admitted for ``certificates.superseded_grace``
+  after it (make-before-break), and its connections are dropped when the grace ends; then
+  CONNACK 0x05. A keyCompromise revocation reaches every certificate of the same key.
 - Revoked or suspended identities are dropped without their will; a keep-alive timeout or an
   expired certificate publishes it, as any abnormal disconnect does.
 - Revoking or suspending a device purges what it left behind, once its connections are

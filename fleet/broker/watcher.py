@@ -26,14 +26,16 @@ one admitted since is asked about again (as at CONNECT) and dropped unless the r
 admits it now (an unreachable registry drops it too). If one is still admitted, the device
 is back and keeps its session and retained messages. Any other event (a certificate
 superseded by a renewal, usable for its grace) has each connection asked about again, and
-purges nothing. A connection still waiting for its admission is left to the gate, which
-reads the current state.
+purges nothing; a superseded certificate's connections still admitted are dropped when its
+grace (``certificates.superseded_grace``) ends. A connection still waiting for its admission
+is left to the gate, which reads the current state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 
@@ -42,11 +44,16 @@ from fleet.broker.connection import Connection, Connections, connection_of
 from fleet.broker.engine import FleetBroker
 from fleet.errors import FleetError
 from fleet.pki import Identity
-from fleet.registry.models import RevocationEvent
+from fleet.registry.models import RevocationEvent, utcnow
 
 log = logging.getLogger(__name__)
 
+
+def _cancel(timer: asyncio.TimerHandle, _finished: object) -> None:
+    timer.cancel()
+
 _FINISH_WAIT = 5.0
+SUPERSEDED = "superseded"
 
 
 class RevocationWatcher:
@@ -116,6 +123,16 @@ class RevocationWatcher:
                 detail={"peer": connection.peer, "client_id": connection.client_id})
         return wills
 
+    def _drop_at_cutoff(self, connections: list[Connection], event: RevocationEvent) -> None:
+        """Connections of a superseded certificate still in its grace: dropped when it ends."""
+        cutoff = self._backend.authority.superseded_cutoff(event.created_at)
+        delay = max(0.0, (cutoff - utcnow()).total_seconds())
+        reason = f"certificate {event.serial} superseded: its grace ended"
+        loop = asyncio.get_running_loop()
+        for connection in connections:
+            timer = loop.call_later(delay, self._drop, [connection], reason, event)
+            connection.finished.add_done_callback(functools.partial(_cancel, timer))
+
     async def _still_admitted(self, connection: Connection) -> bool:
         try:
             await self._backend.admit(connection.certificate())
@@ -141,6 +158,8 @@ class RevocationWatcher:
             verdicts = await asyncio.gather(*(self._still_admitted(c) for c in since))
             failed = [c for c, ok in zip(since, verdicts, strict=True) if not ok]
             wills += self._drop(failed, reason, event)
+            if event.kind == SUPERSEDED:
+                self._drop_at_cutoff([c for c in since if c not in failed], event)
             if not suspended or len(failed) < len(since):
                 return  # still active (renewed; or resumed, and back): it keeps its state
             targets = before + failed

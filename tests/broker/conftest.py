@@ -77,11 +77,14 @@ def start_broker(data_dir: Path, sqlite_authority: Authority) -> Iterator[StartB
     """Start a broker on a free port with setting overrides, e.g. connect_timeout="1s"."""
     started: list[BrokerThread] = []
 
-    def start(*, database_url: str | None = None, **overrides: str) -> BrokerThread:
+    def start(*, database_url: str | None = None, superseded_grace: str | None = None,
+              **overrides: str) -> BrokerThread:
         env = {f"FLEET_BROKER_{key.upper()}": value for key, value in overrides.items()}
         env.setdefault("FLEET_AUDIT_REFUSAL_INTERVAL", "100ms")  # aggregates show up at once
         if database_url:
             env["FLEET_DATABASE_URL"] = database_url
+        if superseded_grace:
+            env["FLEET_CERTIFICATES_SUPERSEDED_GRACE"] = superseded_grace
         broker = BrokerThread(load_settings(environ={"FLEET_DATA_DIR": str(data_dir), **env}))
         started.append(broker)
         return broker
