@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,22 +25,35 @@ ReasonOption = Annotated[str | None, typer.Option(
     "--reason", show_default=False, help=f"Required. {params.REASON_HELP}")]
 
 
-def certificate_json(row: Certificate) -> dict[str, Any]:
-    """A certificate as scripts see it; service certificates carry ``service``."""
+def certificate_json(row: Certificate, *, grace: timedelta) -> dict[str, Any]:
+    """A certificate as scripts see it; service certificates carry ``service``. A superseded
+    one is usable until *grace* after its supersession (``usable_until``)."""
     owner = {"service": row.service} if row.service is not None else {"device_id": row.device_id}
     return {
         "serial": row.serial, **owner, "status": row.status,
         "not_before": iso(row.not_before), "not_after": iso(row.not_after),
         "fingerprint_sha256": row.fingerprint_sha256, "issued_at": iso(row.issued_at),
         "revoked_at": iso(row.revoked_at), "revocation_reason": row.revocation_reason,
+        "superseded_at": iso(row.superseded_at), "usable_until": iso(usable_until(row, grace)),
         "replaces": row.replaces,
     }
 
 
+def usable_until(row: Certificate, grace: timedelta) -> datetime | None:
+    """When the broker stops admitting *row*: notAfter, or the end of a superseded
+    certificate's grace; None once revoked."""
+    if row.status == CertificateStatus.REVOKED:
+        return None
+    if row.status == CertificateStatus.SUPERSEDED and row.superseded_at is not None:
+        return min(row.not_after, row.superseded_at + grace)
+    return row.not_after
+
+
 def certificates_table(title: str, objects: list[dict[str, Any]]) -> None:
-    table(title, ("serial", "owner", "status", "not after", "reason"), (
+    table(title, ("serial", "owner", "status", "not after", "usable until", "reason"), (
         (o["serial"], o.get("device_id") or f"service/{o.get('service')}", o["status"],
-         o["not_after"], o["revocation_reason"]) for o in objects), wide=("serial",))
+         o["not_after"], o.get("usable_until"), o["revocation_reason"]) for o in objects),
+        wide=("serial",))
 
 
 @app.command("list")
@@ -52,10 +66,11 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List certificates, oldest first."""
-    with fleet_of(ctx).session() as session:
+    fleet = fleet_of(ctx)
+    with fleet.session() as session:
         rows = certs_db.list_certificates(session=session, device_id=device, service=service,
                                           status=status.value if status else None)
-        objects = [certificate_json(row) for row in rows]
+        objects = [certificate_json(row, grace=fleet.settings.superseded_grace) for row in rows]
     if as_json:
         emit_json(objects)
     else:
@@ -77,7 +92,7 @@ def show(
     if pem:
         typer.echo(row.pem, nl=False)
         return
-    data = certificate_json(row)
+    data = certificate_json(row, grace=fleet_of(ctx).settings.superseded_grace)
     if as_json:
         emit_json(data)
         return
@@ -117,7 +132,7 @@ def issue_service(
     write_private(key_path, pki.private_key_pem(key))
     write_public(cert_path, pki.certificate_pem(issued.certificate).encode())
     write_public(chain_path, fleet.authority.ca.chain_pem().encode())
-    data = {**certificate_json(issued.record),
+    data = {**certificate_json(issued.record, grace=fleet.settings.superseded_grace),
             "uri": pki.Identity("service", name).spiffe_uri(fleet.settings.trust_domain),
             "certificate_file": str(cert_path), "key_file": str(key_path),
             "chain_file": str(chain_path)}

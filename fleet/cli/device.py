@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
 
 from fleet.cli import params
-from fleet.cli.cert import ReasonOption, certificates_table
+from fleet.cli.cert import ReasonOption, certificates_table, usable_until
 from fleet.cli.context import fleet_of
 from fleet.cli.output import command_group, emit_json, fields, iso, say, table
 from fleet.errors import NotFoundError
@@ -22,7 +23,8 @@ STATUS_REASON_MAX = 64  # the registry column's width
 DeviceArgument = Annotated[str, typer.Argument(metavar="ID", help="Device id.")]
 
 
-def device_json(row: Device, certificates: Sequence[Certificate] | None = None) -> dict[str, Any]:
+def device_json(row: Device, certificates: Sequence[Certificate] | None = None, *,
+                grace: timedelta = timedelta(0)) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": row.id, "group": row.group, "status": row.status,
         "status_reason": row.status_reason, "created_at": iso(row.created_at),
@@ -31,7 +33,8 @@ def device_json(row: Device, certificates: Sequence[Certificate] | None = None) 
     if certificates is not None:
         data["certificates"] = [
             {"serial": c.serial, "status": c.status, "not_before": iso(c.not_before),
-             "not_after": iso(c.not_after), "revocation_reason": c.revocation_reason}
+             "not_after": iso(c.not_after), "usable_until": iso(usable_until(c, grace)),
+             "revocation_reason": c.revocation_reason}
             for c in certificates
         ]
     return data
@@ -64,11 +67,13 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show a device and its certificates."""
-    with fleet_of(ctx).session() as session:
+    fleet = fleet_of(ctx)
+    with fleet.session() as session:
         row = devices_db.get_device(session=session, device_id=device_id)
         if row is None:
             raise NotFoundError(f"unknown device {device_id!r}", device_id=device_id)
-        data = device_json(row, certs_db.list_certificates(session=session, device_id=row.id))
+        data = device_json(row, certs_db.list_certificates(session=session, device_id=row.id),
+                           grace=fleet.settings.superseded_grace)
     if as_json:
         emit_json(data)
         return

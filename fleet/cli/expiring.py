@@ -28,9 +28,11 @@ def expiring(
     """Active or superseded certificates that expire within the window, soonest first."""
     now = utcnow()
     window = within or DEFAULT_WINDOW
-    with fleet_of(ctx).session() as session:
+    fleet = fleet_of(ctx)
+    with fleet.session() as session:
         rows = certs_db.list_certificates(session=session, expiring_before=now + window)
-        objects = [certificate_json(row) for row in sorted(rows, key=lambda r: r.not_after)
+        objects = [certificate_json(row, grace=fleet.settings.superseded_grace)
+                   for row in sorted(rows, key=lambda r: r.not_after)
                    if row.status in IN_USE and row.not_after > now]
     if as_json:
         emit_json(objects)
