@@ -53,7 +53,14 @@ from fleet.registry.models import (
     utcnow,
 )
 from fleet.settings import Settings
-from fleet.tokens import TOKEN_ID_PATTERN, TokenSecret, new_token, parse_token, secret_matches
+from fleet.tokens import (
+    TOKEN_ID_PATTERN,
+    TokenSecret,
+    claimed_token_id,
+    new_token,
+    parse_token,
+    secret_matches,
+)
 
 MAX_TOKENS_PER_CALL = 100_000
 KEY_COMPROMISE = "keyCompromise"
@@ -318,6 +325,9 @@ class Authority:
         try:
             presented = parse_token(credential.token)
             request = pki.inspect_csr(pki.load_csr(csr))
+            if claimed_token_id(request.common_name or "") is not None:
+                raise IdentityError("the CSR's CN holds a bootstrap token: put the device id "
+                                    "in the CN and the token in the HTTP Basic password")
             device_id = request.common_name
             ident = Identity("device", pki.check_device_id(request.common_name))
             pki.check_requested_identity(request, ident, self.settings.trust_domain)
@@ -686,4 +696,7 @@ def _valid_serial_or_none(value: str | None) -> str | None:
 
 
 def _valid_id_or_none(value: str | None) -> str | None:
-    return value if value and pki.DEVICE_ID_PATTERN.fullmatch(value) else None
+    """*value* if it can be a device id; never something shaped like a token (a secret)."""
+    if not value or claimed_token_id(value) is not None:
+        return None
+    return value if pki.DEVICE_ID_PATTERN.fullmatch(value) else None

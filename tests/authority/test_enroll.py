@@ -322,3 +322,14 @@ def test_refusals_never_leak_the_secret_into_the_audit_log(fleet: Fleet) -> None
     assert [e.outcome for e in fleet.audit()[1:]] == ["refused"] * len(attempts)
     fleet.assert_no_secret_in_audit()
     fleet.enroll("dev-1", token)  # and the token still works
+
+
+def test_enroll_refused_csr_cn_holding_a_token_never_records_it(fleet: Fleet) -> None:
+    """`openssl req -subj "/CN=$TOKEN"`: a token is shaped like a device id, and must not
+    become one (nor a claimed id in the audit log)."""
+    token = fleet.token()
+    with fleet.refused(IdentityError, "enroll", match="CN holds a bootstrap token"):
+        fleet.enroll(token, token)
+    fleet.secrets.append(token)  # the whole token, as the CN carried it
+    fleet.assert_no_secret_in_audit()
+    assert fleet.device(token) is None

@@ -2,15 +2,17 @@ from __future__ import annotations
 
 import stat
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleet import pki
+from fleet.authority import Authority
 from fleet.cli.app import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE
 
-from .helpers import Enroll, Run
+from .helpers import Enroll, Run, csr_for
 
 SHOW_KEYS = {"serial", "status", "not_before", "not_after", "fingerprint_sha256"}
 
@@ -170,3 +172,20 @@ def test_cert_issue_service_refused_invalid_name(fleet: Run, tmp_path: Path) -> 
     assert "invalid service name" in result.stderr
     assert not out.exists()
     assert fleet.json("cert", "list") == []
+
+
+def test_cert_list_shows_a_superseded_certificate_with_its_cutoff(
+        fleet: Run, enroll: Enroll, sqlite_authority: Authority) -> None:
+    old = enroll("dev-1")
+    key = pki.generate_private_key()
+    renewed = sqlite_authority.reenroll(client_certificate=old.certificate,
+                                        csr=csr_for("dev-1", key), actor="device")
+    listed = {c["serial"]: c for c in fleet.json("cert", "list", "--device", "dev-1")}
+    superseded = listed[old.record.serial]
+    assert superseded["status"] == "superseded"
+    grace = sqlite_authority.settings.superseded_grace
+    cutoff = datetime.fromisoformat(superseded["superseded_at"].replace("Z", "+00:00")) + grace
+    assert superseded["usable_until"] == cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert listed[renewed.record.serial]["usable_until"] == listed[
+        renewed.record.serial]["not_after"]
+    assert "usable until" in fleet.ok("cert", "list", "--device", "dev-1").stdout
