@@ -1,0 +1,29 @@
+"""The enrollment and lifecycle policy. Every operation is one transaction plus its audit event.
+
+Refusals roll back whatever the operation had started and are audited in a transaction of
+their own, so a refused request changes nothing but the audit log.
+"""
+
+from __future__ import annotations
+
+from fleet.authority.admission import Admission
+from fleet.authority.core import Issued, serial_hex
+from fleet.authority.crl import CrlPolicy
+from fleet.authority.enrollment import EnrollmentPolicy, TokenCredential
+from fleet.authority.lifecycle import LifecyclePolicy
+from fleet.authority.renewal import RenewalPolicy
+from fleet.authority.tokens import MAX_TOKENS_PER_CALL, IssuedToken, TokenPolicy
+
+__all__ = [
+    "MAX_TOKENS_PER_CALL",
+    "Admission",
+    "Authority",
+    "Issued",
+    "IssuedToken",
+    "TokenCredential",
+    "serial_hex",
+]
+
+
+class Authority(TokenPolicy, EnrollmentPolicy, RenewalPolicy, LifecyclePolicy, CrlPolicy):
+    """Fleet's CA policy over one registry database."""
