@@ -52,7 +52,7 @@ from fleet.errors import (
     RegistryUnavailableError,
 )
 from fleet.pki import Identity
-from fleet.pki.identity import SERVICE_CLIENT_ID_SEPARATORS, is_service_client_id
+from fleet.pki.identity import client_id_problem
 from fleet.registry.models import utcnow
 from fleet.settings import Settings
 
@@ -71,16 +71,6 @@ class Refused(Exception):
         super().__init__(str(error))
         self.code = code
         self.error = error
-
-
-def client_id_problem(identity: Identity, client_id: str) -> str | None:
-    """Why *identity* may not use *client_id*, or None."""
-    if client_id == identity.name or (identity.kind == "service"
-                                      and is_service_client_id(identity.name, client_id)):
-        return None
-    expected = (f"{identity.name!r}" if identity.kind == "device" else
-                f"{identity.name!r} or {identity.name!r} + one of {SERVICE_CLIENT_ID_SEPARATORS}")
-    return f"client id {client_id!r} does not match the certificate ({identity}); use {expected}"
 
 
 class Gate:

@@ -21,6 +21,7 @@ from fleet.cli.context import Fleet, fleet_of
 from fleet.cli.output import emit_json, iso, say, table
 from fleet.errors import CAError, ForbiddenError, PKIError
 from fleet.pki import Reason
+from fleet.pki.identity import client_id_problem  # the broker's own rule
 from fleet.registry import utcnow
 from fleet.settings import Settings
 
@@ -88,8 +89,6 @@ def _registry_check(fleet: Fleet, cert: x509.Certificate) -> tuple[Check, Admiss
 
 
 def _client_id_check(identity: pki.Identity, client_id: str | None) -> Check:
-    from fleet.broker.gate import client_id_problem  # the broker's own rule
-
     if client_id is None:
         return Check("client id", "connect", Result.SKIP,
                      f"not given; the broker requires client id {identity.name!r}")

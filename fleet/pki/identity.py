@@ -82,6 +82,16 @@ def is_service_client_id(service: str, client_id: str) -> bool:
                                     and client_id[len(service)] in SERVICE_CLIENT_ID_SEPARATORS)
 
 
+def client_id_problem(identity: Identity, client_id: str) -> str | None:
+    """Why *identity* may not use *client_id*, or None."""
+    if client_id == identity.name or (identity.kind == "service"
+                                      and is_service_client_id(identity.name, client_id)):
+        return None
+    expected = (f"{identity.name!r}" if identity.kind == "device" else
+                f"{identity.name!r} or {identity.name!r} + one of {SERVICE_CLIENT_ID_SEPARATORS}")
+    return f"client id {client_id!r} does not match the certificate ({identity}); use {expected}"
+
+
 def services_claiming(device_id: str) -> list[str]:
     """Every service name that has *device_id* among its client ids (see is_service_client_id):
     the id itself and each prefix that ends before a separator."""
