@@ -16,7 +16,7 @@ from .floods import SOURCES, device_connects, flooding, replay
 pytestmark = pytest.mark.slow
 
 RATE = 300
-SECONDS = 6.0
+SECONDS = 8.0
 
 
 @pytest.mark.parametrize("sources", [SOURCES[:1], SOURCES], ids=["one-source", "50-sources"])
