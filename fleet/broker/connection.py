@@ -35,12 +35,15 @@ PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 3, 4, 5, 6, 7
 _SHORT_PATH = frozenset((PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP))
 _COMPLETES = {PUBACK: 1, PUBCOMP: 2}  # the acknowledgement that ends a QoS 1 / QoS 2 delivery
 
-OnPublish = Callable[["Session", str, bytes, int, bool], None]
 log = logging.getLogger(__name__)
 
 
 class Receiver(Protocol):
-    """The broker's side of the packets :class:`ConnectionReader` handles beyond QoS 0/1."""
+    """The broker's side of the packets :class:`ConnectionReader` handles itself."""
+
+    def receive(self, session: Session, topic: str, data: bytes, qos: int,
+                retain: bool) -> None:
+        """A QoS 0 or 1 PUBLISH (the reader then acknowledges a QoS 1 one)."""
 
     def hold(self, session: Session, packet_id: int, topic: str, data: bytes,
              retain: bool) -> None:
@@ -300,7 +303,7 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
     The reader keeps track of packet boundaries. Every PUBLISH, its PUBREL, and PUBACK,
     PUBREC and PUBCOMP for the deliveries the broker writes (all outgoing QoS 1 and 2 ones)
     are parsed and handled here once the broker has attached its :class:`Receiver`: a QoS 0
-    or 1 PUBLISH goes to *on_publish*, then a QoS 1 one is acknowledged; a QoS 2 one is
+    or 1 PUBLISH goes to the receiver, then a QoS 1 one is acknowledged; a QoS 2 one is
     held by the receiver and answered with PUBREC, its PUBREL releases it and is answered
     with PUBCOMP (also for an unknown or discarded one, 4.3.3); a PUBREC is answered with
     PUBREL. amqtt's protocol handler reads every other packet, and may read no further than
@@ -310,14 +313,13 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
     """
 
     def __init__(self, reader: asyncio.StreamReader, connection: Connection, *, replay: bytes,
-                 max_packet_bytes: int, on_publish: OnPublish) -> None:
+                 max_packet_bytes: int) -> None:
         self._reader = reader
         self._connection = connection
         self._data = replay
         self._position = 0
         self._left = 0  # bytes of the packet amqtt is reading that it has not read yet
         self._max = max_packet_bytes
-        self._on_publish = on_publish
         self.receiver: Receiver | None = None  # attached by the broker with the session
 
     async def read(self, n: int = -1) -> bytes:
@@ -437,7 +439,7 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
                 receiver.hold(session, int.from_bytes(identifier, "big"), topic, packet[end:],
                               bool(flags & 0x01))
             else:
-                self._on_publish(session, topic, packet[end:], qos, bool(flags & 0x01))
+                receiver.receive(session, topic, packet[end:], qos, bool(flags & 0x01))
         except Exception:
             log.exception("routing a PUBLISH from %s failed", connection)
             connection.abort("internal error while routing a PUBLISH")

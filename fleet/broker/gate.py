@@ -222,8 +222,7 @@ class Gate:
         try:
             await self._broker.external_connected(
                 ConnectionReader(reader, connection, replay=connect.raw,
-                                 max_packet_bytes=self._max_packet,
-                                 on_publish=self._broker.receive),
+                                 max_packet_bytes=self._max_packet),
                 ConnectionWriter(writer, connection), LISTENER)
         except Exception:
             log.exception("amqtt failed on %s", connection)
