@@ -6,7 +6,15 @@ their own, so a refused request changes nothing but the audit log.
 
 from __future__ import annotations
 
-from fleet.authority.admission import Admission
+from fleet.authority.admission import (
+    ADMISSION_CHECKS,
+    Admission,
+    Candidate,
+    ConnectReturnCode,
+    Decision,
+    Result,
+    Stage,
+)
 from fleet.authority.core import Issued, serial_hex
 from fleet.authority.crl import CrlPolicy
 from fleet.authority.enrollment import EnrollmentPolicy, TokenCredential
@@ -15,11 +23,17 @@ from fleet.authority.renewal import RenewalPolicy
 from fleet.authority.tokens import MAX_TOKENS_PER_CALL, IssuedToken, TokenPolicy
 
 __all__ = [
+    "ADMISSION_CHECKS",
     "MAX_TOKENS_PER_CALL",
     "Admission",
     "Authority",
+    "Candidate",
+    "ConnectReturnCode",
+    "Decision",
     "Issued",
     "IssuedToken",
+    "Result",
+    "Stage",
     "TokenCredential",
     "serial_hex",
 ]

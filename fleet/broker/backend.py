@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from cryptography import x509
 
 from fleet.audit import Aggregate, RefusalDigest, actor_of
-from fleet.authority import Admission, Authority
+from fleet.authority import Admission, Authority, Decision
 from fleet.errors import FleetError
 from fleet.registry.models import RevocationEvent
 
@@ -39,6 +39,11 @@ class Backend:
         # The certificate comes from a CERT_REQUIRED handshake against the fleet chain.
         return await self.call(self.authority.admit, certificate=certificate,
                                chain_verified=True)
+
+    async def assess(self, certificate: x509.Certificate, **connect: Any) -> Decision:
+        """Admission of a CONNECT (see AdmissionPolicy.assess), chain already verified."""
+        return await self.call(self.authority.assess, certificate, chain_verified=True,
+                               **connect)
 
     async def revocations_after(self, after_id: int) -> Sequence[RevocationEvent]:
         return await self.call(self.authority.revocations_after, after_id)

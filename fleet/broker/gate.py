@@ -1,20 +1,13 @@
 """The CONNECT gate: nothing reaches amqtt before this admits the connection.
 
 For each TLS connection (client certificate already verified in the handshake) the gate
-reads the first packet itself, with the connect timeout (S7), and checks in turn:
-
-1. the CONNECT is well-formed MQTT 3.1.1 (else close; another protocol level gets 0x01);
-2. the certificate names a device or service of this trust domain (else 0x05);
-3. the client id is the device id, or for a service its name or its name followed by one
-   of ``-_.:/@`` (else 0x02 identifier rejected); the registry keeps these namespaces
-   disjoint (fleet.registry.names);
-4. the client id is not held (live or as a stored session) by another identity (else 0x02):
-   no connection can wipe, resume or take over another identity's session (S1, S2, S6),
-   which also holds for a device and a service whose names collided before the registry
-   kept them apart: the first to hold the client id keeps it;
-5. the registry admits the certificate: known, not revoked, device active (else 0x05;
-   0x03 when the registry is unreachable);
-6. the will topic passes the publish policy (else 0x05, S4).
+reads the first packet itself, with the connect timeout (S7): a malformed CONNECT is closed
+without a CONNACK, another protocol level gets 0x01. The CONNECT is then decided by the
+admission checks of fleet.authority.admission, the list ``fleet diagnose`` shows: identity,
+client id (the device id, or a service's name optionally followed by one of ``-_.:/@``), the
+client id's session (not held, live or stored, by another identity: no connection can wipe,
+resume or take over another identity's session, S1, S2, S6), registry status, superseded grace
+and the will topic against the publish policy (S4); a refusal gets the CONNACK its check names.
 
 Every refusal is audited (the certificate is verified: one event each). An admitted connection
 replaces an earlier connection of the same client id (MQTT-3.1.4-2), is dropped when its
@@ -25,14 +18,15 @@ replayed into amqtt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
 from cryptography import x509
 
 from fleet import pki
-from fleet.acl import Grants, Policy
-from fleet.authority import Admission, serial_hex
+from fleet.acl import Policy
+from fleet.authority import Admission, ConnectReturnCode, serial_hex
 from fleet.broker import packets
 from fleet.broker.backend import Audit, Backend
 from fleet.broker.connection import (
@@ -52,7 +46,6 @@ from fleet.errors import (
     RegistryUnavailableError,
 )
 from fleet.pki import Identity
-from fleet.pki.identity import client_id_problem
 from fleet.registry.models import utcnow
 from fleet.settings import Settings
 
@@ -94,11 +87,8 @@ class Gate:
         called once the CONNECT is accepted (the connection is no longer pending)."""
         certificate = peer_certificate(writer.get_extra_info("ssl_object"))
         identity: Identity | None = None
-        problem: FleetError | None = None
-        try:
+        with contextlib.suppress(IdentityError):  # refused by the admission's identity check
             identity = pki.identity_from_certificate(certificate, self._trust_domain)
-        except IdentityError as exc:
-            problem = exc
         connection = Connection(transport=writer.transport, identity=identity,
                                 serial=serial_hex(certificate.serial_number),
                                 peer=_peer(writer))
@@ -108,7 +98,7 @@ class Gate:
         try:
             try:
                 connect = await self._read_connect(connection, reader)
-                admission, grants = await self._admit(connection, connect, certificate, problem)
+                admission = await self._admit(connection, connect, certificate)
             except Refused as refusal:
                 await self._refuse(connection, writer, refusal)
                 return
@@ -116,7 +106,7 @@ class Gate:
             # Not held for the connection's lifetime (a parsed certificate and its cached
             # extensions are kilobytes per connection); Connection.certificate() reads it again.
             del certificate
-            await self._run(connection, connect, admission, grants, reader, writer)
+            await self._run(connection, connect, admission, reader, writer)
         finally:
             self._connections.remove(connection)
             connection.close()
@@ -133,7 +123,7 @@ class Gate:
                 peer=connection.peer)) from None
         except UnsupportedProtocolError as exc:
             exc.context["peer"] = connection.peer
-            raise Refused(packets.UNACCEPTABLE_PROTOCOL_VERSION, exc) from None
+            raise Refused(ConnectReturnCode.UNACCEPTABLE_PROTOCOL_VERSION, exc) from None
         except ProtocolError as exc:
             exc.context["peer"] = connection.peer
             raise Refused(None, exc) from None
@@ -142,46 +132,25 @@ class Gate:
                                               peer=connection.peer)) from None
 
     async def _admit(self, connection: Connection, connect: Connect,
-                     certificate: x509.Certificate,
-                     problem: FleetError | None) -> tuple[Admission, Grants]:
-        identity = connection.identity
-        context = {"peer": connection.peer, "client_id": connect.client_id}
-        if identity is None:
-            assert problem is not None
-            problem.context.update(context)
-            raise Refused(packets.NOT_AUTHORIZED, problem)
-        device_id = _device_id(identity)
-        reason = client_id_problem(identity, connect.client_id)
-        if reason is None:
-            owner = self._owner(connect.client_id)
-            if owner is not None and owner != identity:
-                reason = f"client id {connect.client_id!r} belongs to a session of {owner}"
-        if reason is not None:
-            raise Refused(packets.IDENTIFIER_REJECTED,
-                          IdentityError(reason, device_id=device_id, **context))
+                     certificate: x509.Certificate) -> Admission:
         connection.admitted_at = utcnow()
-        try:
-            admission = await self._backend.admit(certificate)
-        except RegistryUnavailableError as exc:
-            raise Refused(packets.SERVER_UNAVAILABLE, exc) from None
-        except FleetError as exc:
-            exc.context.update(context)
-            raise Refused(packets.NOT_AUTHORIZED, exc) from None
-        if admission.identity != identity:
-            raise Refused(packets.NOT_AUTHORIZED, IdentityError(
-                f"registry admitted {admission.identity}, the certificate names {identity}",
-                device_id=device_id, **context))
-        grants = self._policy.grants(role=identity.kind, device_id=device_id,
-                                     group=admission.group)
-        if connect.will_topic is not None and not grants.may_publish(connect.will_topic):
-            raise Refused(packets.NOT_AUTHORIZED, ForbiddenError(
-                f"{identity} may not publish its will to {connect.will_topic!r}",
-                device_id=device_id, topic=connect.will_topic, **context))
+        decision = await self._backend.assess(
+            certificate, client_id=connect.client_id, will_topic=connect.will_topic,
+            sessions_known=True, session_holder=self._owner(connect.client_id),
+            policy=self._policy)
+        refusal = decision.refusal
+        if refusal is not None:
+            assert refusal.error is not None
+            if not isinstance(refusal.error, RegistryUnavailableError):
+                refusal.error.context.update(peer=connection.peer, client_id=connect.client_id)
+            raise Refused(decision.connack, refusal.error)
+        assert decision.admission is not None
         if connection.closing:
             raise Refused(None, ForbiddenError(
-                f"{identity} was dropped while being admitted: {connection.closing_reason}",
-                device_id=device_id, **context))
-        return admission, grants
+                f"{connection.identity} was dropped while being admitted: "
+                f"{connection.closing_reason}", device_id=_device_id(connection.identity),
+                peer=connection.peer, client_id=connect.client_id))
+        return decision.admission
 
     def _owner(self, client_id: str) -> Identity | None:
         """The identity holding *client_id*: a live connection, or a stored session."""
@@ -207,13 +176,13 @@ class Gate:
             pass
 
     async def _run(self, connection: Connection, connect: Connect, admission: Admission,
-                   grants: Grants, reader: asyncio.StreamReader,
+                   reader: asyncio.StreamReader,
                    writer: asyncio.StreamWriter) -> None:
         previous = self._connections.claim(connection, connect.client_id)
         if previous is not None:  # MQTT-3.1.4-2: the same identity connects again
             previous.abort("replaced by a new connection with the same client id")
             await asyncio.wait({previous.finished}, timeout=self._timeout)
-        connection.grants = grants
+        connection.grants = admission.grants
         loop = asyncio.get_running_loop()
         expiry = loop.call_later(
             max(0.0, (admission.usable_until - utcnow()).total_seconds()),

@@ -10,20 +10,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from fleet.authority import ConnectReturnCode
 from fleet.errors import FleetError
 
 CONNECT = 0x10
 PUBLISH = 0x30
 PROTOCOL_NAME = "MQTT"
 PROTOCOL_LEVEL = 4  # MQTT 3.1.1
-
-# CONNACK return codes (MQTT 3.1.1 table 3.1)
-ACCEPTED = 0x00
-UNACCEPTABLE_PROTOCOL_VERSION = 0x01
-IDENTIFIER_REJECTED = 0x02
-SERVER_UNAVAILABLE = 0x03
-NOT_AUTHORIZED = 0x05
-
 _MAX_LENGTH_BYTES = 4
 
 
@@ -153,7 +146,8 @@ def parse_connect(raw: bytes) -> Connect:
 
 
 def connack(code: int, *, session_present: bool = False) -> bytes:
-    return bytes((0x20, 0x02, 1 if session_present and code == ACCEPTED else 0, code))
+    present = session_present and code == ConnectReturnCode.ACCEPTED
+    return bytes((0x20, 0x02, 1 if present else 0, code))
 
 
 def pubrel(packet_id: int) -> bytes:

@@ -1,35 +1,23 @@
 """``fleet diagnose``: why the broker would refuse a certificate, check by check.
 
-The checks follow the broker's own order: the TLS handshake (issuer, validity, key usage),
-then the CONNECT gate (identity, client id, registry status), then the topic policy.
+The checks are the broker's own admission checks (fleet.authority.admission), in its order,
+followed by the topic policy for --topic.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from cryptography import x509
 
 from fleet import acl, pki
-from fleet.authority import Admission
+from fleet.authority import ADMISSION_CHECKS, Admission, Decision, Result, Stage
 from fleet.ca import Paths
-from fleet.cli.context import Fleet, fleet_of
+from fleet.cli.context import fleet_of
 from fleet.cli.output import emit_json, iso, say, table
 from fleet.errors import CAError, ForbiddenError, PKIError
-from fleet.pki import Reason
-from fleet.pki.identity import client_id_problem  # the broker's own rule
-from fleet.registry import utcnow
-from fleet.settings import Settings
-
-
-class Result(enum.StrEnum):
-    OK = "ok"
-    FAIL = "fail"
-    SKIP = "skip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,72 +28,19 @@ class Check:
     detail: str
 
 
-# verify_leaf stops at the first problem; each of its reasons belongs to one check.
-_LEAF_CHECKS: tuple[tuple[str, str, frozenset[Reason]], ...] = (
-    ("issuer", "tls", frozenset({Reason.UNKNOWN_ISSUER})),
-    ("validity", "tls", frozenset({Reason.EXPIRED, Reason.NOT_YET_VALID, Reason.REVOKED})),
-    ("key usage", "tls", frozenset({Reason.WRONG_KEY_USAGE})),
-    ("identity", "connect", frozenset({Reason.IDENTITY_MISMATCH})),
-)
-_CONNACK = {"tls": "none: the TLS handshake fails", "connect": "0x05 not authorized",
-            "client id": "0x02 identifier rejected", "acl": "allowed to connect; the topic "
-            "is refused (PUBACK/SUBACK failure or disconnect)"}
+def _admission_checks(decision: Decision) -> list[Check]:
+    """Every admission check: its outcome, or "not reached" past the first failure."""
+    outcomes = {o.check.name: o for o in decision.outcomes}
+    return [Check(c.name, c.stage.value, outcomes[c.name].result, outcomes[c.name].detail)
+            if c.name in outcomes else Check(c.name, c.stage.value, Result.SKIP, "not reached")
+            for c in ADMISSION_CHECKS]
 
 
-def _leaf_checks(cert: x509.Certificate, issuing: x509.Certificate, trust_domain: str) -> tuple[
-        list[Check], pki.Identity | None]:
-    verdict = pki.verify_leaf(cert, issuer=issuing, trust_domain=trust_domain, now=utcnow())
-    checks: list[Check] = []
-    failed = False
-    for name, stage, reasons in _LEAF_CHECKS:
-        if failed:
-            checks.append(Check(name, stage, Result.SKIP, "not reached"))
-        elif verdict.reason in reasons:
-            checks.append(Check(name, stage, Result.FAIL, verdict.detail))
-            failed = True
-        else:
-            checks.append(Check(name, stage, Result.OK, _passed(name, cert, verdict)))
-    return checks, verdict.identity if verdict.ok else None
-
-
-def _passed(name: str, cert: x509.Certificate, verdict: pki.Verdict) -> str:
-    if name == "issuer":
-        return f"signed by {cert.issuer.rfc4514_string()}"
-    if name == "validity":
-        return f"valid until {iso(cert.not_valid_after_utc)}"
-    if name == "key usage":
-        return "clientAuth"
-    return str(verdict.identity)
-
-
-def _registry_check(fleet: Fleet, cert: x509.Certificate) -> tuple[Check, Admission | None]:
-    try:
-        admission = fleet.authority.admit(certificate=cert)
-    except ForbiddenError as error:
-        return Check("registry", "connect", Result.FAIL, error.message), None
-    group = f" in group {admission.group}" if admission.group else ""
-    return Check("registry", "connect", Result.OK, f"{admission.identity} is active{group}"), \
-        admission
-
-
-def _client_id_check(identity: pki.Identity, client_id: str | None) -> Check:
-    if client_id is None:
-        return Check("client id", "connect", Result.SKIP,
-                     f"not given; the broker requires client id {identity.name!r}")
-    problem = client_id_problem(identity, client_id)
-    if problem is not None:
-        return Check("client id", "connect", Result.FAIL, problem)
-    return Check("client id", "connect", Result.OK, f"{client_id!r} matches the certificate")
-
-
-def _topic_check(settings: Settings, admission: Admission | None, topic: str) -> Check:
+def _topic_check(admission: Admission | None, topic: str) -> Check:
     """PUBLISH for a topic name, SUBSCRIBE for a filter with wildcards."""
     if admission is None:
         return Check("topic", "acl", Result.SKIP, "not reached")
-    identity = admission.identity
-    grants = acl.load_policy(settings.acl_file).grants(
-        role=identity.kind, device_id=identity.name if identity.kind == "device" else None,
-        group=admission.group)
+    identity, grants = admission.identity, admission.grants
     if acl.is_topic_name(topic):
         action, allowed = "publish to", grants.may_publish(topic)
     elif acl.is_topic_filter(topic):
@@ -127,6 +62,8 @@ def diagnose(
     topic: Annotated[str | None, typer.Option(
         "--topic", help="A topic to publish to, or a filter (with + or #) to subscribe to.",
     )] = None,
+    will_topic: Annotated[str | None, typer.Option(
+        "--will-topic", help="The will topic the device's CONNECT carries.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Explain whether the broker would admit this certificate and, if not, why."""
@@ -136,27 +73,28 @@ def diagnose(
         cert = pki.load_certificate(cert_file.read_bytes())
     except ValueError:
         raise PKIError(f"{cert_file} is not a PEM or DER certificate") from None
-    issuing_path = Paths.of(settings).issuing
-    if not issuing_path.exists():
+    if not Paths.of(settings).issuing.exists():
         raise CAError(f"no CA in {settings.ca_dir}: run `fleet init` first")
-    issuing = x509.load_pem_x509_certificate(issuing_path.read_bytes())
 
-    checks, identity = _leaf_checks(cert, issuing, settings.trust_domain)
-    admission = None
-    if identity is not None:
-        checks.append(_client_id_check(identity, client_id))
-        registry, admission = _registry_check(fleet, cert)
-        checks.append(registry)
+    decision = fleet.authority.assess(cert, client_id=client_id, will_topic=will_topic,
+                                      policy=acl.load_policy(settings.acl_file))
+    checks = _admission_checks(decision)
     if topic is not None:
-        checks.append(_topic_check(settings, admission, topic))
+        checks.append(_topic_check(decision.admission, topic))
     failure = next((c for c in checks if c.result is Result.FAIL), None)
-    connack = "0x00 accepted"
-    if failure is not None:
-        connack = _CONNACK["client id" if failure.check == "client id" else failure.stage]
+    if decision.refusal is not None and decision.refusal.check.stage is Stage.TLS:
+        connack = "none: the TLS handshake fails"
+    elif failure is not None and failure.stage == "acl":
+        connack = ("0x00 accepted; the topic is refused (PUBACK/SUBACK failure or "
+                   "disconnect)")
+    else:
+        connack = decision.connack.describe()
+    identity = next((o.detail for o in decision.outcomes
+                     if o.check.name == "identity" and o.result is Result.OK), None)
     report: dict[str, Any] = {
         "file": str(cert_file), "serial": format(cert.serial_number, "x"),
         "subject": cert.subject.rfc4514_string(),
-        "identity": str(identity) if identity else None,
+        "identity": identity,
         "not_before": iso(cert.not_valid_before_utc), "not_after": iso(cert.not_valid_after_utc),
         "fingerprint_sha256": pki.fingerprint_sha256(cert),
         "checks": [{**asdict(c), "result": c.result.value} for c in checks],

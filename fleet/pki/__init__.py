@@ -37,8 +37,11 @@ from fleet.pki.verify import (
     Verdict,
     certificate_pem,
     fingerprint_sha256,
+    issuer_problem,
     load_certificate,
     spki_sha256,
+    usage_problem,
+    validity_problem,
     verify_leaf,
 )
 
@@ -48,7 +51,7 @@ __all__ = [
     "certificate_pem", "certs_only", "check_device_id", "check_group_name", "check_key_policy",
     "check_reason", "check_requested_identity", "check_service_name", "decode_base64",
     "fingerprint_sha256", "generate_private_key", "identity_from_certificate", "identity_profile",
-    "inspect_csr", "issue_certificate", "load_certificate", "load_certs_only", "load_csr",
-    "load_private_key_pem", "private_key_pem", "same_subject_and_san", "server_profile",
-    "spki_sha256", "verify_leaf",
+    "inspect_csr", "issue_certificate", "issuer_problem", "load_certificate", "load_certs_only",
+    "load_csr", "load_private_key_pem", "private_key_pem", "same_subject_and_san",
+    "server_profile", "spki_sha256", "usage_problem", "validity_problem", "verify_leaf",
 ]

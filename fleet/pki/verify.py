@@ -75,25 +75,13 @@ def verify_leaf(
         cert = data if isinstance(data, x509.Certificate) else load_certificate(data)
     except ValueError as exc:
         return Verdict(Reason.MALFORMED, f"not a certificate: {exc}")
-    serial = format(cert.serial_number, "x")
-    if cert.issuer != issuer.subject:
-        return Verdict(Reason.UNKNOWN_ISSUER, f"issued by {cert.issuer.rfc4514_string()}, "
-                       f"not by {issuer.subject.rfc4514_string()}")
-    try:
-        if not signature_verified:
-            cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError) as exc:
-        return Verdict(Reason.UNKNOWN_ISSUER, f"signature does not verify with the fleet CA: "
-                       f"{exc or 'invalid signature'}")
-    if now < cert.not_valid_before_utc:
-        return Verdict(Reason.NOT_YET_VALID, f"serial {serial} is valid only from "
-                       f"{cert.not_valid_before_utc.isoformat()}")
-    if now >= cert.not_valid_after_utc:
-        return Verdict(Reason.EXPIRED, f"serial {serial} expired at "
-                       f"{cert.not_valid_after_utc.isoformat()}")
+    problem = (issuer_problem(cert, issuer, signature_verified=signature_verified)
+               or validity_problem(cert, now))
+    if problem is not None:
+        return Verdict(*problem)
     if cert.serial_number in revoked_serials:
-        return Verdict(Reason.REVOKED, f"serial {serial} is revoked")
-    usage = _usage_problem(cert)
+        return Verdict(Reason.REVOKED, f"serial {format(cert.serial_number, 'x')} is revoked")
+    usage = usage_problem(cert)
     if usage:
         return Verdict(Reason.WRONG_KEY_USAGE, usage)
     try:
@@ -106,7 +94,35 @@ def verify_leaf(
     return Verdict(Reason.OK, f"valid certificate for {identity}", identity)
 
 
-def _usage_problem(cert: x509.Certificate) -> str | None:
+def issuer_problem(cert: x509.Certificate, issuer: x509.Certificate, *,
+                   signature_verified: bool = False) -> tuple[Reason, str] | None:
+    """Why *cert* was not issued by *issuer* (name and signature), or None."""
+    if cert.issuer != issuer.subject:
+        return Reason.UNKNOWN_ISSUER, (f"issued by {cert.issuer.rfc4514_string()}, "
+                                       f"not by {issuer.subject.rfc4514_string()}")
+    if signature_verified:
+        return None
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        return Reason.UNKNOWN_ISSUER, (f"signature does not verify with the fleet CA: "
+                                       f"{exc or 'invalid signature'}")
+    return None
+
+
+def validity_problem(cert: x509.Certificate, now: datetime) -> tuple[Reason, str] | None:
+    """Why *cert* is not valid at *now* (notBefore, notAfter), or None."""
+    serial = format(cert.serial_number, "x")
+    if now < cert.not_valid_before_utc:
+        return Reason.NOT_YET_VALID, (f"serial {serial} is valid only from "
+                                      f"{cert.not_valid_before_utc.isoformat()}")
+    if now >= cert.not_valid_after_utc:
+        return Reason.EXPIRED, f"serial {serial} expired at {cert.not_valid_after_utc.isoformat()}"
+    return None
+
+
+def usage_problem(cert: x509.Certificate) -> str | None:
+    """Why *cert* is not a client certificate (CA flag, extended and key usage), or None."""
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         if constraints.ca:

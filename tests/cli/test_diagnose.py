@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from fleet import pki
-from fleet.authority import Authority
+from fleet.authority import ADMISSION_CHECKS, Authority
 from fleet.cli.app import EXIT_REFUSED
 
-from .helpers import Enroll, Run, write_pem
+from .helpers import Enroll, Run, csr_for, write_pem
 
 REPORT_KEYS = {"file", "serial", "subject", "identity", "not_before", "not_after",
                "fingerprint_sha256", "checks", "admitted", "refused_at", "connack"}
@@ -32,7 +32,9 @@ def test_diagnose_admits_valid_certificate(fleet: Run, enroll: Enroll, tmp_path:
     assert report["admitted"] is True
     assert report["identity"] == "device/dev-1"
     assert report["connack"] == "0x00 accepted"
-    assert set(results(report).values()) == {"ok"}
+    assert results(report) == {"issuer": "ok", "validity": "ok", "key usage": "ok",
+                               "identity": "ok", "client id": "ok", "session": "skip",
+                               "registry": "ok", "grace": "ok", "will": "skip"}
     for check in report["checks"]:
         assert set(check) == {"check", "stage", "result", "detail"}
     human = fleet.ok("diagnose", str(cert)).stdout
@@ -85,8 +87,8 @@ def test_diagnose_refused_expired_certificate(fleet: Run, enroll: Enroll,
     assert code == EXIT_REFUSED
     assert report["refused_at"] == "validity"
     assert report["connack"].startswith("none: the TLS handshake fails")
-    assert results(report) == {"issuer": "ok", "validity": "fail", "key usage": "skip",
-                               "identity": "skip"}
+    assert results(report) == {"issuer": "ok", "validity": "fail", **dict.fromkeys(
+        ("key usage", "identity", "client id", "session", "registry", "grace", "will"), "skip")}
 
 
 def test_diagnose_refused_foreign_ca(fleet: Run, tmp_path: Path) -> None:
@@ -166,3 +168,41 @@ def test_diagnose_refused_unknown_to_registry(fleet: Run, sqlite_authority: Auth
     code, report, _ = diagnose_json(fleet, str(write_pem(tmp_path / "g.pem", cert)))
     assert code == EXIT_REFUSED
     assert "not in the registry" in str(report["checks"])
+
+
+def test_diagnose_checks_are_the_brokers_admission_checks(fleet: Run, enroll: Enroll,
+                                                          tmp_path: Path) -> None:
+    cert = write_pem(tmp_path / "dev.pem", enroll("dev-1").certificate)
+    _, report, _ = diagnose_json(fleet, str(cert))
+    assert [c["check"] for c in report["checks"]] == [c.name for c in ADMISSION_CHECKS]
+
+
+def test_diagnose_refused_forbidden_will_topic(fleet: Run, enroll: Enroll,
+                                               tmp_path: Path) -> None:
+    cert = write_pem(tmp_path / "dev.pem", enroll("dev-1").certificate)
+    code, report, stderr = diagnose_json(fleet, str(cert), "--client-id", "dev-1",
+                                         "--will-topic", "devices/dev-2/status")
+    assert code == EXIT_REFUSED
+    assert report["refused_at"] == "will"
+    assert report["connack"] == "0x05 not authorized"
+    assert "may not publish its will to 'devices/dev-2/status'" in stderr
+    code, report, _ = diagnose_json(fleet, str(cert), "--will-topic", "devices/dev-1/state")
+    assert code == 0
+    assert results(report)["will"] == "ok"
+
+
+def test_diagnose_superseded_certificate_within_and_past_its_grace(
+        fleet: Run, enroll: Enroll, tmp_path: Path, sqlite_authority: Authority) -> None:
+    old = enroll("dev-1")
+    cert = write_pem(tmp_path / "old.pem", old.certificate)
+    sqlite_authority.reenroll(client_certificate=old.certificate,
+                              csr=csr_for("dev-1", pki.generate_private_key()), actor="device")
+    code, report, _ = diagnose_json(fleet, str(cert))
+    assert code == 0
+    assert "usable until" in next(c["detail"] for c in report["checks"] if c["check"] == "grace")
+    result = fleet("diagnose", str(cert), "--json",
+                   env={"FLEET_CERTIFICATES_SUPERSEDED_GRACE": "0s"})
+    report = json.loads(result.stdout)
+    assert result.exit_code == EXIT_REFUSED
+    assert report["refused_at"] == "grace"
+    assert report["connack"] == "0x05 not authorized"
