@@ -101,8 +101,13 @@ class Settings:
     max_retained_bytes: int
     qos2_release_timeout: timedelta
     session_expiry: timedelta
+    revocation_max_staleness: timedelta
+    broker_metrics_port: int
+    persistence: bool
+    persistence_interval: timedelta
     audit_refusal_interval: timedelta
     audit_refusal_sources: int
+    audit_checkpoint_interval: timedelta
     config_file: Path = field(default=DEFAULT_CONFIG)
 
     # Paths inside the data dir, in one place.
@@ -177,8 +182,13 @@ _SCHEMA: dict[tuple[str, str], tuple[str, str]] = {
     ("broker", "max_retained_bytes"): ("max_retained_bytes", "int"),
     ("broker", "qos2_release_timeout"): ("qos2_release_timeout", "duration"),
     ("broker", "session_expiry"): ("session_expiry", "duration"),
+    ("broker", "revocation_max_staleness"): ("revocation_max_staleness", "duration"),
+    ("broker", "metrics_port"): ("broker_metrics_port", "int"),
+    ("broker", "persistence"): ("persistence", "bool"),
+    ("broker", "persistence_interval"): ("persistence_interval", "duration"),
     ("audit", "refusal_interval"): ("audit_refusal_interval", "duration"),
     ("audit", "refusal_sources"): ("audit_refusal_sources", "int"),
+    ("audit", "checkpoint_interval"): ("audit_checkpoint_interval", "duration"),
 }
 
 
@@ -191,6 +201,14 @@ def _parse(kind: str, key: str, raw: Any) -> Any:
         return parse_duration(raw, key=key)
     if kind == "grace":  # a duration that may be zero ("at once")
         return timedelta(0) if str(raw).strip() in ("0", "0s") else parse_duration(raw, key=key)
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).strip().lower() in ("true", "1", "yes", "on"):
+            return True
+        if str(raw).strip().lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(key, raw, "not a boolean (true or false)")
     if kind == "int":
         # TOML booleans are ints to Python and floats would be truncated: refuse both.
         if isinstance(raw, bool | float):
@@ -280,7 +298,7 @@ def _validated(s: Settings) -> Settings:
         raise bad("public_base_url", "must start with http:// or https://")
     if not s.hostnames:
         raise bad("hostnames", "name at least one hostname or IP address")
-    for attribute in ("est_port", "broker_port", "est_metrics_port"):
+    for attribute in ("est_port", "broker_port", "est_metrics_port", "broker_metrics_port"):
         if not 0 <= getattr(s, attribute) <= 65535:
             raise bad(attribute, "must be a port number 0-65535")
     for attribute in (
