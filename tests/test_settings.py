@@ -77,6 +77,9 @@ def test_default_database_is_sqlite_in_the_data_dir(tmp_path: Path) -> None:
                  {"factory-a": "sensors", "line2": "gateways"}, id="est-labels"),
     pytest.param("FLEET_CERTIFICATES_PUBLIC_BASE_URL", "https://fleet.example.com",
                  "public_base_url", "https://fleet.example.com", id="public-base-url"),
+    pytest.param("FLEET_BROKER_PERSISTENCE", "false", "persistence", False,
+                 id="persistence-false"),
+    pytest.param("FLEET_BROKER_PERSISTENCE", "On", "persistence", True, id="persistence-on"),
 ])
 def test_environment_overrides_the_config(
     variable: str, value: str, attribute: str, expected: object,
@@ -147,6 +150,10 @@ BAD_ENV = [
     pytest.param("FLEET_EST_LABELS", "a/b=sensors", "est.labels", id="label-slash"),
     pytest.param("FLEET_EST_LABELS", "line1=bad group", "est.labels", id="label-bad-group"),
     pytest.param("FLEET_EST_LABELS", "line1", "FLEET_EST_LABELS", id="label-no-equals"),
+    pytest.param("FLEET_BROKER_PERSISTENCE", "maybe", "FLEET_BROKER_PERSISTENCE",
+                 id="persistence-not-a-boolean"),
+    pytest.param("FLEET_BROKER_METRICS_PORT", "70000", "broker.metrics_port",
+                 id="metrics-port-70000"),
 ]
 
 
@@ -238,6 +245,8 @@ BAD_TOML = [
                  "not allowed", id="label-simpleenroll"),
     pytest.param(("est", "labels"), "x", "est.labels", "'x'", "label=group",
                  id="labels-not-a-table"),
+    pytest.param(("broker", "persistence"), "yes please", "broker.persistence", "'yes please'",
+                 "boolean", id="persistence-not-a-boolean"),
 ]
 
 
