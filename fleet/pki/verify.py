@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -41,18 +41,38 @@ class Verdict:
         return self.reason is Reason.OK
 
 
-def load_certificate(data: bytes) -> x509.Certificate:
-    """Load a PEM or DER certificate; raises ValueError when it is neither.
+def load_certificates(data: bytes) -> list[x509.Certificate]:
+    """Every certificate of PEM data (text around the blocks is allowed, RFC 7468 section 5.2,
+    as ``openssl pkcs7 -print_certs`` writes it), or the one certificate of DER data; raises
+    ValueError when it is neither.
 
     DER is read from the raw bytes: it can end in a byte that is ASCII whitespace
     (0x09-0x0d, 0x20), which stripping would cut off.
     """
-    if data[:1] == b"\x30":
-        return x509.load_der_x509_certificate(data)
-    stripped = data.strip()
-    if stripped.startswith(b"-----BEGIN"):
-        return x509.load_pem_x509_certificate(stripped)
-    return x509.load_der_x509_certificate(stripped)
+    if data[:1] != b"\x30" and b"-----BEGIN CERTIFICATE-----" in data:
+        return x509.load_pem_x509_certificates(data)
+    return [x509.load_der_x509_certificate(data if data[:1] == b"\x30" else data.strip())]
+
+
+def load_certificate(data: bytes) -> x509.Certificate:
+    """The first certificate of PEM or DER data (see load_certificates)."""
+    return load_certificates(data)[0]
+
+
+def end_entity(certificates: Sequence[x509.Certificate]) -> x509.Certificate:
+    """The one certificate of a chain that is not a CA; raises ValueError unless exactly one."""
+    leaves = [c for c in certificates if not _is_ca(c)]
+    if len(leaves) != 1:
+        raise ValueError(f"expected one end-entity certificate, found {len(leaves)} "
+                         f"among {len(certificates)}")
+    return leaves[0]
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
 
 
 def verify_leaf(

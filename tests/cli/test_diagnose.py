@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fleet import pki
 from fleet.authority import ADMISSION_CHECKS, Authority
-from fleet.cli.app import EXIT_REFUSED
+from fleet.cli.app import EXIT_REFUSED, EXIT_USAGE
 
 from .helpers import Enroll, Run, csr_for, write_pem
 
@@ -117,25 +120,27 @@ def test_diagnose_refused_server_certificate_without_client_auth(fleet: Run) -> 
 def test_diagnose_service_certificate(fleet: Run, tmp_path: Path) -> None:
     fleet.ok("cert", "issue-service", "backend", "--out-dir", str(tmp_path))
     code, report, _ = diagnose_json(fleet, str(tmp_path / "backend.pem"), "--client-id",
-                                    "backend-1", "--topic", "devices/+/telemetry")
+                                    "backend-1", "--subscribe", "devices/+/telemetry")
     assert code == 0
     assert report["identity"] == "service/backend"
-    assert results(report)["topic"] == "ok"
+    assert results(report)["subscribe"] == "ok"
 
 
 def test_diagnose_topic_allowed(fleet: Run, enroll: Enroll, tmp_path: Path) -> None:
     cert = write_pem(tmp_path / "dev.pem", enroll("dev-1").certificate)
-    code, report, _ = diagnose_json(fleet, str(cert), "--topic", "devices/dev-1/telemetry")
+    code, report, _ = diagnose_json(fleet, str(cert), "--publish", "devices/dev-1/telemetry",
+                                    "--subscribe", "devices/dev-1/commands/reboot")
     assert code == 0
-    assert results(report)["topic"] == "ok"
+    assert results(report)["publish"] == "ok"
+    assert results(report)["subscribe"] == "ok"  # an exact topic, checked as a subscription
 
 
 def test_diagnose_refused_topic_of_another_device(fleet: Run, enroll: Enroll,
                                                   tmp_path: Path) -> None:
     cert = write_pem(tmp_path / "dev.pem", enroll("dev-1").certificate)
-    code, report, stderr = diagnose_json(fleet, str(cert), "--topic", "devices/dev-2/telemetry")
+    code, report, stderr = diagnose_json(fleet, str(cert), "--publish", "devices/dev-2/telemetry")
     assert code == EXIT_REFUSED
-    assert report["refused_at"] == "topic"
+    assert report["refused_at"] == "publish"
     assert report["admitted"] is True  # connects, but may not publish there
     assert "may not publish to 'devices/dev-2/telemetry'" in stderr
 
@@ -143,7 +148,7 @@ def test_diagnose_refused_topic_of_another_device(fleet: Run, enroll: Enroll,
 def test_diagnose_refused_subscribe_filter_wider_than_granted(fleet: Run, enroll: Enroll,
                                                               tmp_path: Path) -> None:
     cert = write_pem(tmp_path / "dev.pem", enroll("dev-1").certificate)
-    code, report, _ = diagnose_json(fleet, str(cert), "--topic", "devices/+/commands/#")
+    code, report, _ = diagnose_json(fleet, str(cert), "--subscribe", "devices/+/commands/#")
     assert code == EXIT_REFUSED
     assert "may not subscribe to" in str(report["checks"])
 
@@ -206,3 +211,58 @@ def test_diagnose_superseded_certificate_within_and_past_its_grace(
     assert result.exit_code == EXIT_REFUSED
     assert report["refused_at"] == "grace"
     assert report["connack"] == "0x05 not authorized"
+
+
+def test_diagnose_refused_publish_to_a_filter(fleet: Run, enroll: Enroll, tmp_path: Path) -> None:
+    cert = write_pem(tmp_path / "dev.pem", enroll("dev-1").certificate)
+    code, report, _ = diagnose_json(fleet, str(cert), "--publish", "devices/dev-1/#")
+    assert code == EXIT_REFUSED
+    assert "not a valid MQTT topic name" in str(report["checks"])
+
+
+def test_diagnose_reads_openssl_print_certs_output(fleet: Run, enroll: Enroll,
+                                                   tmp_path: Path) -> None:
+    """`openssl pkcs7 -print_certs` writes subject=/issuer= lines before each PEM block."""
+    der = tmp_path / "dev.p7"
+    der.write_bytes(pki.certs_only([enroll("dev-1").certificate]))
+    printed = subprocess.run(["openssl", "pkcs7", "-inform", "DER", "-in", str(der),
+                              "-print_certs", "-out", str(tmp_path / "dev.pem")],
+                             check=True, capture_output=True)
+    assert printed.returncode == 0
+    assert (tmp_path / "dev.pem").read_text().startswith("subject=")
+    code, report, _ = diagnose_json(fleet, str(tmp_path / "dev.pem"), "--client-id", "dev-1")
+    assert code == 0
+    assert report["identity"] == "device/dev-1"
+
+
+def test_diagnose_picks_the_device_certificate_out_of_a_chain(fleet: Run, enroll: Enroll,
+                                                              tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text((fleet.data_dir / "ca/chain.pem").read_text()
+                      + pki.certificate_pem(enroll("dev-1").certificate))
+    code, report, _ = diagnose_json(fleet, "--cert", str(bundle))
+    assert code == 0
+    assert report["identity"] == "device/dev-1"
+
+
+def test_diagnose_refused_a_file_with_two_device_certificates(fleet: Run, enroll: Enroll,
+                                                              tmp_path: Path) -> None:
+    two = tmp_path / "two.pem"
+    two.write_text(pki.certificate_pem(enroll("dev-1").certificate)
+                   + pki.certificate_pem(enroll("dev-2").certificate))
+    result = fleet("diagnose", str(two))
+    assert result.exit_code == EXIT_REFUSED
+    assert "expected one end-entity certificate, found 2" in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(("--cert", "{cert}", "{cert}"), id="certificate-given-twice"),
+    pytest.param((), id="no-certificate"),
+    pytest.param(("{cert}", "--key", "{cert}"), id="key-without-host"),
+    pytest.param(("{cert}", "--host", "127.0.0.1"), id="host-without-key"),
+])
+def test_diagnose_refused_option_combinations(fleet: Run, enroll: Enroll, tmp_path: Path,
+                                              args: tuple[str, ...]) -> None:
+    cert = write_pem(tmp_path / "dev.pem", enroll("dev-1").certificate)
+    result = fleet("diagnose", *(a.format(cert=cert) for a in args))
+    assert result.exit_code == EXIT_USAGE, result.stdout
