@@ -19,7 +19,20 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from fleet.cli import audit, ca, cert, crl, device, diagnose, expiring, init, serve, sim, token
+from fleet.cli import (
+    audit,
+    backup,
+    ca,
+    cert,
+    crl,
+    device,
+    diagnose,
+    expiring,
+    init,
+    serve,
+    sim,
+    token,
+)
 from fleet.cli.context import Fleet
 from fleet.errors import ConfigError, FleetError, NotFoundError, RegistryUnavailableError
 
@@ -90,6 +103,8 @@ app.add_typer(audit.app, name="audit")
 app.command("expiring")(expiring.expiring)
 app.command("diagnose")(diagnose.diagnose)
 app.add_typer(sim.app, name="sim")
+app.command("backup")(backup.backup)
+app.command("restore")(backup.restore)
 
 
 def main() -> None:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
@@ -15,6 +20,7 @@ from typer.testing import CliRunner, Result
 
 from fleet import pki
 from fleet.authority import Issued
+from fleet.ca import PASSPHRASE_ENV
 from fleet.cli.app import app
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -56,3 +62,36 @@ Enroll = Callable[..., Issued]
 def write_pem(path: Path, cert: x509.Certificate) -> Path:
     path.write_text(pki.certificate_pem(cert))
     return path
+
+
+# -- real processes ---------------------------------------------------------------------------
+
+def service_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env.update({"FLEET_DATA_DIR": str(data_dir), "FLEET_EST_METRICS_PORT": "0",
+                PASSPHRASE_ENV: os.environ[PASSPHRASE_ENV], **extra})
+    return env
+
+
+def start(started: list[subprocess.Popen[str]], args: list[str],
+          env: Mapping[str, str]) -> subprocess.Popen[str]:
+    process = subprocess.Popen([str(FLEET_SCRIPT), *args], env=dict(env), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    started.append(process)
+    return process
+
+
+def read_until(process: subprocess.Popen[str], pattern: str, timeout: float = 30) -> list[str]:
+    """stdout lines up to and including the first matching *pattern*."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            stderr = process.stderr.read() if process.stderr else ""
+            pytest.fail(f"process ended (rc={process.wait()}): {lines} {stderr}")
+        lines.append(line.rstrip("\n"))
+        if re.search(pattern, line):
+            return lines
+    pytest.fail(f"no line matching {pattern!r} within {timeout}s: {lines}")

@@ -1,23 +1,19 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import time
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
-from fleet.ca import PASSPHRASE_ENV
 from fleet.cli.app import EXIT_REFUSED
 
-from .helpers import FLEET_SCRIPT, Run
+from .helpers import Run, read_until, service_env, start
 
 EST_MODULE, BROKER_MODULE = "provisioning.server", "fleet.broker.server"
 
@@ -61,48 +57,6 @@ def test_up_refused_bad_port(fleet: Run) -> None:
 
 
 # -- real processes ---------------------------------------------------------------------------
-
-def service_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
-    env.update({"FLEET_DATA_DIR": str(data_dir), "FLEET_EST_METRICS_PORT": "0",
-                PASSPHRASE_ENV: os.environ[PASSPHRASE_ENV], **extra})
-    return env
-
-
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes a test starts; each is stopped (by its pid) at the end."""
-    processes: list[subprocess.Popen[str]] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-
-
-def start(started: list[subprocess.Popen[str]], args: list[str],
-          env: Mapping[str, str]) -> subprocess.Popen[str]:
-    process = subprocess.Popen([str(FLEET_SCRIPT), *args], env=dict(env), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    started.append(process)
-    return process
-
-
-def read_until(process: subprocess.Popen[str], pattern: str, timeout: float = 30) -> list[str]:
-    """stdout lines up to and including the first matching *pattern*."""
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            stderr = process.stderr.read() if process.stderr else ""
-            pytest.fail(f"process ended (rc={process.wait()}): {lines} {stderr}")
-        lines.append(line.rstrip("\n"))
-        if re.search(pattern, line):
-            return lines
-    pytest.fail(f"no line matching {pattern!r} within {timeout}s: {lines}")
-
 
 def tls_client(chain: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(chain))
