@@ -187,3 +187,20 @@ def test_restore_refused_corrupt_registry_removes_what_it_wrote(archive: Path, f
     assert result.exit_code == EXIT_REFUSED
     assert "registry" in result.stderr
     assert not target.exists()
+
+
+@pytest.mark.postgres
+def test_backup_of_a_postgresql_fleet_holds_the_ca_and_names_pg_dump(
+        fleet: Run, tmp_path: Path, database_url: str) -> None:
+    env = {"FLEET_DATABASE_URL": database_url}
+    fleet.ok("token", "create", "--group", "sensors", env=env)
+    result = fleet.ok("backup", "--out", str(tmp_path / "fleet.backup"), env=env)
+    with tarfile.open(tmp_path / "fleet.backup") as tar:
+        names = set(tar.getnames())
+        manifest = json.loads(tar.extractfile("MANIFEST.json").read())  # type: ignore[union-attr]
+    assert manifest["database"] == ("sqlite" if database_url.startswith("sqlite") else
+                                    "postgresql")
+    assert "data/ca/issuing.key" in names
+    if manifest["database"] == "postgresql":
+        assert "data/fleet.db" not in names
+        assert "pg_dump" in result.stderr
