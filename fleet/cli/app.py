@@ -28,6 +28,7 @@ from fleet.cli import (
     device,
     diagnose,
     expiring,
+    health,
     init,
     serve,
     sim,
@@ -105,6 +106,7 @@ app.command("diagnose")(diagnose.diagnose)
 app.add_typer(sim.app, name="sim")
 app.command("backup")(backup.backup)
 app.command("restore")(backup.restore)
+app.command("health")(health.health_command)
 
 
 def main() -> None:

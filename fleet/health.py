@@ -1,0 +1,147 @@
+"""Findings about a fleet that an operator should hear of: what ``fleet health`` reports.
+
+Each finding has a kind, what it is about and whether it needs action. ``fleet health`` exits
+non-zero when one does, so cron or an alerting system can run it:
+
+- ``certificate-expiring`` (action): a device's or service's current certificate expires within
+  the window and nothing has replaced it;
+- ``renewal-overdue`` (action): a device's current certificate is past its renewal point
+  (``certificates.renewal_fraction`` of its lifetime) and the device has not renewed; the
+  detail says whether it ever did;
+- ``revoked-certificate-presented`` / ``superseded-certificate-presented`` (action): the broker
+  or EST refused a certificate that is revoked, or superseded past its grace, within the
+  look-back: its key is in use somewhere, by a device not updated or by whoever took the key;
+- ``device-suspended``: a device is suspended;
+- ``token-expiring-unused``: a bootstrap token still unused expires within the window;
+- ``tokens-unused``: the live tokens of a group that no device has used yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from fleet.registry.models import (
+    AuditEvent,
+    BootstrapToken,
+    Certificate,
+    CertificateStatus,
+    Device,
+    DeviceStatus,
+)
+
+PRESENTING_ACTIONS = ("broker.connect", "reenroll")
+"""Refusals of these actions carry the serial of the certificate the client presented."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: str
+    subject: str
+    detail: str
+    needs_action: bool
+    at: datetime | None = None
+    """When it happens or last happened (expiry, last refusal, token expiry)."""
+
+
+def findings(session: Session, *, now: datetime, within: timedelta, since: datetime,
+             renewal_fraction: float, superseded_grace: timedelta) -> list[Finding]:
+    """Every finding, those needing action first."""
+    found = [*_expiring(session, now, within), *_overdue(session, now, renewal_fraction),
+             *_presented(session, since, superseded_grace), *_suspended(session),
+             *_tokens(session, now, within)]
+    return sorted(found, key=lambda f: (not f.needs_action, f.kind, f.subject))
+
+
+def _owner(cert: Certificate) -> str:
+    return f"device/{cert.device_id}" if cert.device_id else f"service/{cert.service}"
+
+
+def _current(session: Session) -> list[Certificate]:
+    statement = select(Certificate).where(Certificate.status == CertificateStatus.ACTIVE)
+    return list(session.exec(statement).all())
+
+
+def _expiring(session: Session, now: datetime, within: timedelta) -> Iterator[Finding]:
+    for cert in _current(session):
+        if now < cert.not_after <= now + within:
+            yield Finding("certificate-expiring", _owner(cert),
+                          f"certificate {cert.serial} expires {cert.not_after.isoformat()}",
+                          needs_action=True, at=cert.not_after)
+
+
+def _overdue(session: Session, now: datetime, fraction: float) -> Iterator[Finding]:
+    devices = {d.id: d for d in session.exec(
+        select(Device).where(Device.status == DeviceStatus.ACTIVE)).all()}
+    for cert in _current(session):
+        device = devices.get(cert.device_id or "")
+        if device is None or cert.not_after <= now:
+            continue
+        renew_at = cert.not_before + (cert.not_after - cert.not_before) * fraction
+        if now >= renew_at:
+            history = "renewed before" if cert.replaces else "never renewed"
+            yield Finding("renewal-overdue", f"device/{device.id}",
+                          f"certificate {cert.serial} was due for renewal at "
+                          f"{renew_at.isoformat()} ({history})", needs_action=True, at=renew_at)
+
+
+def _presented(session: Session, since: datetime, grace: timedelta) -> Iterator[Finding]:
+    refusals = session.exec(
+        select(AuditEvent)
+        .where(col(AuditEvent.action).in_(PRESENTING_ACTIONS), AuditEvent.outcome == "refused",
+               col(AuditEvent.serial).is_not(None), AuditEvent.at >= since)
+        .order_by(col(AuditEvent.id))).all()
+    by_serial: dict[str, list[AuditEvent]] = {}
+    for event in refusals:
+        by_serial.setdefault(event.serial or "", []).append(event)
+    if not by_serial:
+        return
+    certs = session.exec(select(Certificate).where(
+        col(Certificate.serial).in_(list(by_serial)))).all()
+    for cert in certs:
+        events = by_serial[cert.serial]
+        last = events[-1]
+        if cert.status == CertificateStatus.REVOKED:
+            kind, state = "revoked-certificate-presented", (
+                f"revoked ({cert.revocation_reason or 'unspecified'})")
+        elif (cert.status == CertificateStatus.SUPERSEDED and cert.superseded_at is not None
+              and last.at >= cert.superseded_at + grace):
+            kind, state = "superseded-certificate-presented", "superseded past its grace"
+        else:
+            continue
+        places = sorted({e.action for e in events})
+        yield Finding(kind, _owner(cert),
+                      f"certificate {cert.serial}, {state}, was presented {len(events)} times "
+                      f"to {', '.join(places)}; last refusal: {last.reason}",
+                      needs_action=True, at=last.at)
+
+
+def _suspended(session: Session) -> Iterator[Finding]:
+    for device in session.exec(select(Device).where(
+            Device.status == DeviceStatus.SUSPENDED).order_by(col(Device.id))).all():
+        reason = f": {device.status_reason}" if device.status_reason else ""
+        yield Finding("device-suspended", f"device/{device.id}",
+                      f"suspended since {device.updated_at.isoformat()}{reason}",
+                      needs_action=False, at=device.updated_at)
+
+
+def _tokens(session: Session, now: datetime, within: timedelta) -> Iterator[Finding]:
+    live = session.exec(select(BootstrapToken).where(
+        col(BootstrapToken.revoked_at).is_(None), BootstrapToken.uses_left > 0,
+        BootstrapToken.expires_at > now)).all()
+    unused: dict[str, int] = {}
+    for token in live:
+        if token.uses_left == token.max_uses:
+            unused[token.group] = unused.get(token.group, 0) + 1
+            if token.expires_at <= now + within:
+                yield Finding("token-expiring-unused", f"token/{token.id}",
+                              f"token {token.id} of group {token.group} expires "
+                              f"{token.expires_at.isoformat()} unused", needs_action=False,
+                              at=token.expires_at)
+    for group, count in sorted(unused.items()):
+        yield Finding("tokens-unused", f"group/{group}",
+                      f"{count} live token{'s' if count != 1 else ''} not used yet",
+                      needs_action=False)
