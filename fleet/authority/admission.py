@@ -2,11 +2,16 @@
 
 Admission is one list of small checks, ``ADMISSION_CHECKS``, run in order until the first one
 fails: the TLS stage (issuer, validity, key usage), then the CONNECT (identity, client id, the
-client id's session, registry status, superseded grace, will). The CONNECT gate decides every
-connection with it and ``fleet diagnose`` shows each outcome of the same list. A check names
-what the client is told when it fails: a TLS-stage check fails the handshake (and, should it
-fail only after the handshake, CONNACK 0x05); a CONNECT check answers with its CONNACK return
-code, except that an unreachable registry is always 0x03 (server unavailable).
+client id's session, revocation state, registry status, superseded grace, will). The CONNECT
+gate decides every connection with it and ``fleet diagnose`` shows each outcome of the same
+list. A check names what the client is told when it fails: a TLS-stage check fails the
+handshake (and, should it fail only after the handshake, CONNACK 0x05); a CONNECT check
+answers with its CONNACK return code, except that an unreachable registry is always 0x03
+(server unavailable).
+
+Revocation state: a broker that has not confirmed it (no successful poll of the revocation
+events) for longer than ``broker.revocation_max_staleness`` fails closed and refuses new
+connections with 0x03 until a poll succeeds, before asking the registry anything.
 """
 
 from __future__ import annotations
@@ -94,6 +99,9 @@ class Candidate:
     """Whether *session_holder* is known (the broker knows; ``fleet diagnose`` does not)."""
     session_holder: Identity | None = None
     """The identity holding *client_id* on the broker, live or as a stored session."""
+    revocations_confirmed_at: datetime | None = None
+    """When the broker last confirmed revocation state (its last successful poll); None: not
+    known (``fleet diagnose``)."""
     policy: Policy | None = None
     identity: Identity | None = None
     facts: Row[Any] | None = None
@@ -221,6 +229,16 @@ def _session(authority: AdmissionPolicy, c: Candidate) -> str | Skip:
     return "held by no other identity"
 
 
+def _revocation_state(authority: AdmissionPolicy, c: Candidate) -> str | Skip:
+    confirmed_at = c.revocations_confirmed_at
+    if confirmed_at is None:
+        return Skip("only the running broker knows when it last confirmed revocation state")
+    problem = authority.revocation_state_problem(confirmed_at, c.now)
+    if problem is not None:
+        raise RegistryUnavailableError(problem, serial=c.serial, device_id=c.device_id)
+    return f"confirmed {(c.now - confirmed_at).total_seconds():.1f}s ago"
+
+
 def _registry(authority: AdmissionPolicy, c: Candidate) -> str:
     identity = c.identity
     assert identity is not None
@@ -283,6 +301,8 @@ ADMISSION_CHECKS: tuple[Check, ...] = (
     Check("identity", Stage.CONNECT, _NOT_AUTHORIZED, _identity),
     Check("client id", Stage.CONNECT, ConnectReturnCode.IDENTIFIER_REJECTED, _client_id),
     Check("session", Stage.CONNECT, ConnectReturnCode.IDENTIFIER_REJECTED, _session),
+    Check("revocation state", Stage.CONNECT, ConnectReturnCode.SERVER_UNAVAILABLE,
+          _revocation_state),
     Check("registry", Stage.CONNECT, _NOT_AUTHORIZED, _registry),
     Check("grace", Stage.CONNECT, _NOT_AUTHORIZED, _grace),
     Check("will", Stage.CONNECT, _NOT_AUTHORIZED, _will),
@@ -295,13 +315,15 @@ class AdmissionPolicy(AuthorityCore):
     def assess(self, certificate: x509.Certificate, *, chain_verified: bool = False,
                client_id: str | None = None, will_topic: str | None = None,
                sessions_known: bool = False, session_holder: Identity | None = None,
+               revocations_confirmed_at: datetime | None = None,
                policy: Policy | None = None) -> Decision:
         """Run ``ADMISSION_CHECKS`` on this connection, now, up to the first failure (see
         Candidate for the arguments)."""
         candidate = Candidate(certificate=certificate, now=self.clock(),
                               chain_verified=chain_verified, client_id=client_id,
                               will_topic=will_topic, sessions_known=sessions_known,
-                              session_holder=session_holder, policy=policy)
+                              session_holder=session_holder,
+                              revocations_confirmed_at=revocations_confirmed_at, policy=policy)
         outcomes = tuple(self._outcomes(candidate))
         failed = outcomes[-1].result is Result.FAIL
         return Decision(outcomes, None if failed else candidate.admission())
@@ -331,6 +353,17 @@ class AdmissionPolicy(AuthorityCore):
             raise refusal.error
         assert decision.admission is not None
         return decision.admission
+
+    def revocation_state_problem(self, confirmed_at: datetime, now: datetime) -> str | None:
+        """Why revocation state last confirmed at *confirmed_at* is too old to admit anyone
+        at *now* (None: it is fresh enough)."""
+        age = now - confirmed_at
+        limit = self.settings.revocation_max_staleness
+        if age <= limit:
+            return None
+        return (f"revocation state not confirmed for {age.total_seconds():.1f}s (more than "
+                f"broker.revocation_max_staleness, {limit.total_seconds():g}s): new "
+                "connections are refused until a revocation poll succeeds")
 
     def superseded_cutoff(self, superseded_at: datetime) -> datetime:
         """Until when a certificate superseded at *superseded_at* stays usable."""

@@ -26,8 +26,8 @@ def refused_at(decision: Decision) -> str | None:
 
 def test_admission_checks_run_in_the_documented_order() -> None:
     assert [c.name for c in ADMISSION_CHECKS] == [
-        "issuer", "validity", "key usage", "identity", "client id", "session", "registry",
-        "grace", "will"]
+        "issuer", "validity", "key usage", "identity", "client id", "session",
+        "revocation state", "registry", "grace", "will"]
     assert {c.name: c.stage.value for c in ADMISSION_CHECKS}["key usage"] == "tls"
 
 
@@ -37,7 +37,8 @@ def test_admission_connack_of_each_check() -> None:
                                       "registry", "grace", "will"],
                                      ConnectReturnCode.NOT_AUTHORIZED),
                      "client id": ConnectReturnCode.IDENTIFIER_REJECTED,
-                     "session": ConnectReturnCode.IDENTIFIER_REJECTED}
+                     "session": ConnectReturnCode.IDENTIFIER_REJECTED,
+                     "revocation state": ConnectReturnCode.SERVER_UNAVAILABLE}
     assert {c.connack(RegistryUnavailableError("down")) for c in ADMISSION_CHECKS} == {
         ConnectReturnCode.SERVER_UNAVAILABLE}
     assert ConnectReturnCode.IDENTIFIER_REJECTED.describe() == "0x02 identifier rejected"
@@ -47,7 +48,8 @@ def test_admission_accepts_an_active_certificate_and_grants_its_policy(fleet: Fl
     issued = fleet.enroll("dev-1")
     decision = fleet.authority.assess(issued.certificate, client_id="dev-1",
                                       will_topic="devices/dev-1/state", policy=policy(),
-                                      sessions_known=True)
+                                      sessions_known=True,
+                                      revocations_confirmed_at=fleet.clock())
     assert decision.connack is ConnectReturnCode.ACCEPTED
     assert [o.result for o in decision.outcomes] == [Result.OK] * len(ADMISSION_CHECKS)
     assert decision.admission is not None
@@ -148,3 +150,47 @@ def test_admission_refused_fleet_signed_certificate_unknown_to_registry(fleet: F
     assert refused_at(decision) == "registry"
     assert decision.refusal is not None
     assert "not in the registry" in decision.refusal.detail
+
+
+def test_admission_refused_stale_revocation_state_before_asking_the_registry(
+        fleet: Fleet) -> None:
+    """Fail closed: revocation state unconfirmed for longer than the limit is 0x03, decided
+    before the registry, which is unreachable here and so never asked."""
+    issued = fleet.enroll("dev-1")
+    down = create_engine("postgresql+psycopg://fleet@127.0.0.1:9/none",
+                         connect_args={"connect_timeout": 1})
+    authority = Authority(settings=fleet.authority.settings, engine=down, ca=fleet.authority.ca,
+                          clock=fleet.clock)
+    limit = fleet.authority.settings.revocation_max_staleness
+    decision = authority.assess(issued.certificate, client_id="dev-1",
+                                revocations_confirmed_at=fleet.clock() - limit * 2)
+    assert refused_at(decision) == "revocation state"
+    assert decision.connack is ConnectReturnCode.SERVER_UNAVAILABLE
+    assert decision.refusal is not None
+    assert "broker.revocation_max_staleness" in decision.refusal.detail
+    assert "registry" not in {o.check.name for o in decision.outcomes}
+
+
+def test_admission_revocation_state_fresh_up_to_the_limit(fleet: Fleet) -> None:
+    issued = fleet.enroll("dev-1")
+    limit = fleet.authority.settings.revocation_max_staleness
+    at_limit = fleet.authority.assess(issued.certificate,
+                                      revocations_confirmed_at=fleet.clock() - limit)
+    assert at_limit.connack is ConnectReturnCode.ACCEPTED
+    state = next(o for o in at_limit.outcomes if o.check.name == "revocation state")
+    assert state.result is Result.OK
+    assert state.detail == f"confirmed {limit.total_seconds():.1f}s ago"
+    beyond = fleet.authority.assess(
+        issued.certificate,
+        revocations_confirmed_at=fleet.clock() - limit - timedelta(milliseconds=100))
+    assert refused_at(beyond) == "revocation state"
+
+
+def test_admission_revocation_state_skipped_when_unknown(fleet: Fleet) -> None:
+    """``fleet diagnose`` does not know when a broker last confirmed revocation state."""
+    issued = fleet.enroll("dev-1")
+    decision = fleet.authority.assess(issued.certificate, client_id="dev-1")
+    state = next(o for o in decision.outcomes if o.check.name == "revocation state")
+    assert state.result is Result.SKIP
+    assert "only the running broker knows" in state.detail
+    assert decision.connack is ConnectReturnCode.ACCEPTED

@@ -37,9 +37,12 @@ def test_diagnose_admits_valid_certificate(fleet: Run, enroll: Enroll, tmp_path:
     assert report["connack"] == "0x00 accepted"
     assert results(report) == {"issuer": "ok", "validity": "ok", "key usage": "ok",
                                "identity": "ok", "client id": "ok", "session": "skip",
-                               "registry": "ok", "grace": "ok", "will": "skip"}
+                               "revocation state": "skip", "registry": "ok", "grace": "ok",
+                               "will": "skip"}
     for check in report["checks"]:
         assert set(check) == {"check", "stage", "result", "detail"}
+    assert "only the running broker knows" in next(
+        c["detail"] for c in report["checks"] if c["check"] == "revocation state")
     human = fleet.ok("diagnose", str(cert)).stdout
     assert "requires client id 'dev-1'" in human
 
@@ -91,7 +94,8 @@ def test_diagnose_refused_expired_certificate(fleet: Run, enroll: Enroll,
     assert report["refused_at"] == "validity"
     assert report["connack"].startswith("none: the TLS handshake fails")
     assert results(report) == {"issuer": "ok", "validity": "fail", **dict.fromkeys(
-        ("key usage", "identity", "client id", "session", "registry", "grace", "will"), "skip")}
+        ("key usage", "identity", "client id", "session", "revocation state", "registry",
+         "grace", "will"), "skip")}
 
 
 def test_diagnose_refused_foreign_ca(fleet: Run, tmp_path: Path) -> None:
