@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from device_sim.tls import client_context
-from fleet.ca import write_private, write_public
+from fleet.files import write_private, write_public
 from fleet.pki import KeyType, PrivateKey, certificate_pem, generate_private_key, private_key_pem
 from fleet.pki.issue import signature_hash
 

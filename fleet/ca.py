@@ -7,6 +7,8 @@ Layout under the data dir::
     ca/chain.pem                    issuing + root, what clients and servers trust
     ca/passphrase                   generated passphrase when none is supplied (0600)
     server/cert.pem  server/key.pem TLS server certificate (+ issuing CA) for EST and the broker
+
+Like everything in the data dir, these are private: files 0600, directories 0700 (fleet.files).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from fleet.errors import CAError, KeyPolicyError
+from fleet.files import write_private
 from fleet.pki import (
     PrivateKey,
     ca_profile,
@@ -83,22 +86,6 @@ class Paths:
             else ca / "passphrase",
             server_cert=server / "cert.pem", server_key=server / "key.pem",
         )
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file with mode 0600 from the start (never briefly world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
-
-
-def write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def ca_exists(settings: Settings) -> bool:
@@ -161,9 +148,9 @@ def _store(settings: Settings, ca: CA, passphrase: bytes, *, root_key: PrivateKe
     if root_key is not None:
         write_private(paths.root_key, private_key_pem(root_key, passphrase))
     write_private(paths.issuing_key, private_key_pem(ca.issuing_key, passphrase))
-    write_public(paths.root, certificate_pem(ca.root).encode())
-    write_public(paths.issuing, certificate_pem(ca.issuing).encode())
-    write_public(paths.chain, ca.chain_pem().encode())
+    write_private(paths.root, certificate_pem(ca.root).encode())
+    write_private(paths.issuing, certificate_pem(ca.issuing).encode())
+    write_private(paths.chain, ca.chain_pem().encode())
 
 
 def load_trust(settings: Settings) -> Trust:
@@ -262,7 +249,8 @@ def ensure_server_certificate(
         public_key=key.public_key(), issuer_key=ca.issuing_key, issuer=ca.issuing, now=now,
     )
     write_private(paths.server_key, private_key_pem(key))
-    write_public(paths.server_cert, (certificate_pem(cert) + certificate_pem(ca.issuing)).encode())
+    write_private(paths.server_cert,
+                  (certificate_pem(cert) + certificate_pem(ca.issuing)).encode())
     return True
 
 

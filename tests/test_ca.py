@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -24,9 +23,9 @@ from fleet.ca import (
     init_ca,
     load_ca,
     root_fingerprint,
-    write_private,
 )
 from fleet.errors import CAError
+from fleet.files import write_private
 from fleet.pki import Identity
 from fleet.settings import Settings, load_settings
 
@@ -112,15 +111,6 @@ def test_private_files_are_mode_0600(initialized: tuple[Settings, CA]) -> None:
     paths = Paths.of(settings)
     for path in (paths.root_key, paths.issuing_key, paths.server_key):
         assert mode(path) == 0o600, path
-
-
-def test_write_private_tightens_an_existing_file(tmp_path: Path) -> None:
-    path = tmp_path / "secret"
-    path.write_text("old")
-    os.chmod(path, 0o644)
-    write_private(path, b"new")
-    assert mode(path) == 0o600
-    assert path.read_bytes() == b"new"
 
 
 def test_ca_keys_are_encrypted_at_rest(initialized: tuple[Settings, CA]) -> None:

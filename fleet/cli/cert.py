@@ -9,11 +9,11 @@ from typing import Annotated, Any
 import typer
 
 from fleet import pki
-from fleet.ca import write_private, write_public
 from fleet.cli import params
 from fleet.cli.context import fleet_of
 from fleet.cli.output import command_group, emit_json, fields, iso, say, table
 from fleet.errors import ConflictError, NotFoundError
+from fleet.files import write_private, write_public
 from fleet.registry import Certificate, CertificateStatus
 from fleet.registry import certificates as certs_db
 

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from cryptography.hazmat.primitives import serialization
 
-from fleet.ca import write_public
 from fleet.cli.context import fleet_of
 from fleet.cli.output import note
+from fleet.files import write_public
 
 
 def crl(

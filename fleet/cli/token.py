@@ -12,11 +12,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fleet.authority import IssuedToken
-from fleet.ca import write_private
 from fleet.cli import params
 from fleet.cli.context import fleet_of
 from fleet.cli.output import command_group, emit_json, iso, note, say, stderr, table
 from fleet.errors import FleetError
+from fleet.files import write_private
 from fleet.registry import BootstrapToken, utcnow
 from fleet.registry import tokens as tokens_db
 

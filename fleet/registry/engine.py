@@ -8,23 +8,25 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import CursorResult, Engine
+from sqlalchemy.engine import CursorResult, Engine, make_url
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.base import Executable
 from sqlmodel import Session, create_engine
 
 from fleet.errors import RegistryUnavailableError
+from fleet.files import private_file
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine for *url*; SQLite gets WAL, a busy timeout and foreign keys."""
+    """An engine for *url*; SQLite gets WAL, a busy timeout, foreign keys and a 0600 file."""
     if url.startswith("sqlite"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = make_url(url).database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            # Created 0600 before SQLite opens it: SQLite gives -wal and -shm the same mode.
+            private_file(Path(path))
         engine = create_engine(
             url, connect_args={"timeout": 30, "check_same_thread": False},
             pool_size=pool_size, max_overflow=pool_size,
