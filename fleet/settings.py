@@ -108,6 +108,7 @@ class Settings:
     audit_refusal_interval: timedelta
     audit_refusal_sources: int
     audit_checkpoint_interval: timedelta
+    audit_checkpoint_key_file: Path
     config_file: Path = field(default=DEFAULT_CONFIG)
 
     # Paths inside the data dir, in one place.
@@ -189,6 +190,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, str]] = {
     ("audit", "refusal_interval"): ("audit_refusal_interval", "duration"),
     ("audit", "refusal_sources"): ("audit_refusal_sources", "int"),
     ("audit", "checkpoint_interval"): ("audit_checkpoint_interval", "duration"),
+    ("audit", "checkpoint_key_file"): ("audit_checkpoint_key_file", "path"),
 }
 
 

@@ -1,8 +1,8 @@
 """Shared fixtures: a real CA on disk, real SQLite files and a real PostgreSQL server.
 
-Every token secret and CA passphrase the suite makes is remembered; one that turns up in an
-audit row, a log record, a CLI run's output or a test's captured output fails that test (see
-:class:`SecretBook`).
+Every token secret, CA passphrase and audit checkpoint key the suite makes is remembered;
+one that turns up in an audit row, a log record, a CLI run's output or a test's captured
+output fails that test (see :class:`SecretBook`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from typer.testing import CliRunner, Result
 
 import fleet.ca
+import fleet.checkpoints.key
 import fleet.tokens
 from fleet.authority import Authority
 from fleet.ca import CA, ensure_server_certificate, init_ca
@@ -99,7 +100,8 @@ def _ca_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def ca_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One CA (root, issuing, server certificate) made once per run and copied per test."""
+    """One CA (root, issuing, server certificate) and audit checkpoint key, as `fleet init`
+    makes them, made once per run and copied per test."""
     data_dir = tmp_path_factory.mktemp("ca-template")
     previous = os.environ.get("FLEET_CA_PASSPHRASE")
     os.environ["FLEET_CA_PASSPHRASE"] = TEST_PASSPHRASE
@@ -107,6 +109,7 @@ def ca_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         settings = make_settings(data_dir)
         ca, _ = init_ca(settings, now=utcnow())
         ensure_server_certificate(settings, ca, now=utcnow())
+        fleet.checkpoints.key.ensure_key(settings)
     finally:
         if previous is None:
             del os.environ["FLEET_CA_PASSPHRASE"]
@@ -279,11 +282,13 @@ def _replace_everywhere(patch: pytest.MonkeyPatch, original: Callable[..., Any],
 
 @pytest.fixture(scope="session", autouse=True)
 def secret_book(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretBook]:
-    """Remember every token secret and CA passphrase made in this process and check every
-    audit row written, every log record (project loggers at DEBUG) and every in-process CLI
-    run; at the end, the audit logs of the SQLite registries under the session's temporary
-    directory, which the services the tests ran as processes wrote too."""
+    """Remember every token secret, CA passphrase and audit checkpoint key made or read in
+    this process and check every audit row written, every log record (project loggers at
+    DEBUG) and every in-process CLI run; at the end, the audit logs of the SQLite registries
+    under the session's temporary directory, which the services the tests ran as processes
+    wrote too."""
     new_token, read_passphrase = fleet.tokens.new_token, fleet.ca.read_passphrase
+    load_key, ensure_key = fleet.checkpoints.key.load_key, fleet.checkpoints.key.ensure_key
     record_audit, invoke = events_db.record_audit, CliRunner.invoke
 
     def remembered_token() -> fleet.tokens.TokenSecret:
@@ -295,6 +300,17 @@ def secret_book(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretBook
         passphrase, generated = read_passphrase(settings, create=create)
         SECRETS.add(passphrase.decode(errors="replace"), "a CA passphrase")
         return passphrase, generated
+
+    def loaded_key(settings: Settings) -> bytes | None:
+        key = load_key(settings)
+        if key is not None:
+            SECRETS.add(key.hex(), "the audit checkpoint key")
+        return key
+
+    def ensured_key(settings: Settings) -> bytes:
+        key = ensure_key(settings)
+        SECRETS.add(key.hex(), "the audit checkpoint key")
+        return key
 
     def checked_audit(**fields: Any) -> AuditEvent:
         event: AuditEvent = record_audit(**fields)
@@ -318,6 +334,8 @@ def secret_book(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretBook
     with pytest.MonkeyPatch.context() as patch:
         _replace_everywhere(patch, new_token, remembered_token)
         _replace_everywhere(patch, read_passphrase, remembered_passphrase)
+        _replace_everywhere(patch, load_key, loaded_key)
+        _replace_everywhere(patch, ensure_key, ensured_key)
         _replace_everywhere(patch, record_audit, checked_audit)
         patch.setattr(CliRunner, "invoke", checked_invoke)
         logging.getLogger().addHandler(handler)

@@ -7,9 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
+from fleet import checkpoints
 from fleet.cli import params
 from fleet.cli.context import fleet_of
-from fleet.cli.output import emit_json, iso, say, table
+from fleet.cli.output import emit_json, iso, note, say, table
 from fleet.errors import ConflictError
 from fleet.registry import AuditEvent, utcnow
 from fleet.registry import events as events_db
@@ -56,14 +57,41 @@ def audit(
 @app.command("verify")
 def verify(
     ctx: typer.Context,
+    chain_only: Annotated[bool, typer.Option(
+        "--chain-only", help="Check only the hash chain, not the keyed checkpoints (when the "
+        "key is not at hand): deleted newest events or a re-chained log go unnoticed.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Check that no audit event was changed, removed or inserted (SHA-256 hash chain)."""
-    with fleet_of(ctx).session() as session:
-        checked, problem = events_db.verify_audit_chain(session=session)
+    """Check that no audit event was changed, removed or inserted: the SHA-256 hash chain and
+    every keyed checkpoint of its head, in the registry and in the data dir's file."""
+    fleet = fleet_of(ctx)
+    with fleet.session() as session:
+        report = checkpoints.verify(settings=fleet.settings, session=session,
+                                    chain_only=chain_only)
     if as_json:
-        emit_json({"events": checked, "ok": problem is None, "problem": problem})
-    if problem is not None:
-        raise ConflictError(f"audit log is not intact after {checked} good events: {problem}")
-    if not as_json:
-        say(f"audit log intact: {checked} events, hash chain verified")
+        emit_json(report.as_json())
+    else:
+        for finding in report.ordered():
+            say(finding.line())
+        for line in report.notes:
+            note(f"note: {line}")
+    if not report.ok:
+        raise ConflictError(_summary(report))
+    if as_json:
+        return
+    if not report.anchors_checked:
+        say(f"audit log hash chain verified: {report.events} events; checkpoints not checked "
+            "(--chain-only), so deleted newest events or a re-chained log would go unnoticed")
+        return
+    say(f"audit log intact: {report.events} events, hash chain verified; "
+        f"{report.checkpoints} checkpoints verified in the registry and in "
+        f"{checkpoints.journal_path(fleet.settings)}, the newest confirming event "
+        f"{report.anchored_to}")
+
+
+def _summary(report: checkpoints.Report) -> str:
+    count = len(report.findings)
+    kinds = ", ".join(dict.fromkeys(f.kind for f in report.ordered()))
+    where = (f"; the first bad position is event {report.first_bad}"
+             if report.first_bad is not None else "")
+    return f"audit log is not intact: {count} problem{'s' * (count > 1)} ({kinds}){where}"

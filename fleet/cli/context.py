@@ -12,9 +12,12 @@ from typing import Any
 
 import typer
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from fleet.authority import Authority
+from fleet.checkpoints import CheckpointWriter
+from fleet.errors import FleetError, RegistryUnavailableError
 from fleet.registry import make_engine, migrate, unavailable_as_error
 from fleet.registry import session as new_session
 from fleet.settings import Settings, load_settings
@@ -65,8 +68,21 @@ class Fleet:
             yield session
 
     def close(self) -> None:
+        """Release the registry; a command that used the authority (and so may have
+        appended audit events) first checkpoints the audit chain (fleet.checkpoints)."""
+        if self.__dict__.pop("authority", None) is not None:
+            self._checkpoint()
         if "engine" in self.__dict__:
             self.engine.dispose()
+
+    def _checkpoint(self) -> None:
+        writer = CheckpointWriter(settings=self.settings, engine=self.engine, role="cli")
+        try:
+            writer.write()
+        except RegistryUnavailableError:
+            pass  # this command's events are covered by the next checkpoint, of any writer
+        except (FleetError, OSError, SQLAlchemyError) as exc:
+            typer.echo(f"warning: audit checkpoint not written: {exc}", err=True)
 
 
 def login_name() -> str:

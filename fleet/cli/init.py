@@ -12,6 +12,7 @@ import typer
 from sqlalchemy.engine import make_url
 
 from fleet.ca import CA, PASSPHRASE_ENV, Paths, ensure_server_certificate, init_ca
+from fleet.checkpoints import ensure_key
 from fleet.cli.context import Fleet, fleet_of
 from fleet.cli.output import emit_json, say
 from fleet.files import private_dir
@@ -81,6 +82,7 @@ def initialize(fleet: Fleet, *, adopt: Callable[[Settings], CA] | None = None) -
         origin = "created" if created else "found"
     issued = ensure_server_certificate(settings, ca, now=utcnow())
     fleet.engine  # noqa: B018 - opening the registry applies the migrations
+    ensure_key(settings)  # the audit checkpoint key (fleet.checkpoints)
     generated = origin != "found" and not from_env and not had_passphrase_file
     return InitReport(
         data_dir=settings.data_dir, ca=origin,

@@ -1,5 +1,8 @@
 """``fleet serve est|broker`` (one part per process) and ``fleet up`` (both, in the foreground).
 
+While a service runs, this process checkpoints the audit chain every
+``audit.checkpoint_interval`` and once more after the service has stopped (fleet.checkpoints).
+
 The services are imported when a command needs them, so the rest of the CLI works in an
 installation without them.
 """
@@ -15,6 +18,7 @@ from typing import Annotated, Any, Protocol, cast
 
 import typer
 
+from fleet.checkpoints import periodic
 from fleet.cli.context import fleet_of
 from fleet.cli.init import initialize
 from fleet.cli.output import command_group, note, say
@@ -74,7 +78,9 @@ def est(
     fleet.engine  # noqa: B018 - apply migrations before the workers start
     fleet.close()
     settings = fit_open_files(settings, services=("est",))
-    serve(settings, host=settings.est_host, port=settings.est_port, workers=settings.est_workers)
+    with periodic(settings, role="est"):
+        serve(settings, host=settings.est_host, port=settings.est_port,
+              workers=settings.est_workers)
 
 
 @app.command("broker")
@@ -91,7 +97,8 @@ def broker(
     fleet.engine  # noqa: B018 - apply migrations before listening
     fleet.close()
     settings = fit_open_files(settings, services=("broker",))
-    serve(settings, host=settings.broker_host, port=settings.broker_port)
+    with periodic(settings, role="broker"):
+        serve(settings, host=settings.broker_host, port=settings.broker_port)
 
 
 def up(
@@ -113,7 +120,8 @@ def up(
             note(line)
     fleet.close()
     settings = fit_open_files(fleet.settings, services=("est", "broker"))
-    asyncio.run(_run_both(settings, start_est, start_broker))
+    with periodic(settings, role="up"):
+        asyncio.run(_run_both(settings, start_est, start_broker))
 
 
 async def _run_both(settings: Settings, start_est: Start, start_broker: Start) -> None:

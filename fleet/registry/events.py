@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
+from dataclasses import dataclass
 from datetime import datetime
 from typing import overload
 
@@ -41,7 +42,8 @@ def record_audit(
 
 _AUDIT_TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
 _AUDIT_INSERT = insert(_AUDIT_TABLE)
-_AUDIT_HEAD = sa_select(_AUDIT_TABLE.c.digest).order_by(_AUDIT_TABLE.c.id.desc()).limit(1)
+_AUDIT_HEAD = sa_select(_AUDIT_TABLE.c.id, _AUDIT_TABLE.c.digest) \
+    .order_by(_AUDIT_TABLE.c.id.desc()).limit(1)
 
 
 AUDIT_GENESIS = "0" * 64
@@ -66,23 +68,52 @@ def _chain_head(session: Session) -> str:
     """
     if session.get_bind().dialect.name == "postgresql":
         session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({_AUDIT_LOCK_KEY})")
-    head: str | None = execute(session, _AUDIT_HEAD).scalar()
-    return head or AUDIT_GENESIS
+    head = audit_head(session=session)
+    return head[1] if head else AUDIT_GENESIS
 
 
-def verify_audit_chain(*, session: Session, batch: int = 5000) -> tuple[int, str | None]:
-    """Walk the audit log in order; return (events checked, first problem or None)."""
+def audit_head(*, session: Session) -> tuple[int, str] | None:
+    """The id and digest of the newest audit event (None while the log is empty)."""
+    row = execute(session, _AUDIT_HEAD).first()
+    return (row.id, row.digest) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class ChainCheck:
+    """What a walk of the audit log found."""
+
+    events: int
+    """Events that match the chain, counted up to the first that does not."""
+    problem: str | None
+    """What is wrong with the first event that does not match (None: every event matches)."""
+    first_bad: int | None
+    """That event's id."""
+    last_id: int
+    """The id of the newest event (0: the log is empty)."""
+    digests: Mapping[int, str]
+    """The stored digest of each asked-for event id that exists."""
+
+
+def verify_audit_chain(*, session: Session, positions: Set[int] = frozenset(),
+                       batch: int = 5000) -> ChainCheck:
+    """Walk the whole audit log in order, noting the digests stored at *positions*."""
     previous = AUDIT_GENESIS
-    checked = 0
+    checked, problem, first_bad, last_id = 0, None, None, 0
+    digests: dict[int, str] = {}
     for event in _all_events(session, batch):
-        if event.digest != audit_digest(previous, event):
-            return checked, (
+        last_id = event.id or last_id
+        if last_id in positions and event.digest:
+            digests[last_id] = event.digest
+        if problem is None and event.digest != audit_digest(previous, event):
+            first_bad, problem = event.id, (
                 f"audit event {event.id} ({event.action} at {event.at.isoformat()}) does not "
                 "match the chain: it, or an event before it, was changed, removed or inserted"
             )
-        previous = event.digest
-        checked += 1
-    return checked, None
+        elif problem is None:
+            checked += 1
+        previous = event.digest or AUDIT_GENESIS
+    return ChainCheck(events=checked, problem=problem, first_bad=first_bad, last_id=last_id,
+                      digests=digests)
 
 
 def _all_events(session: Session, batch: int) -> Iterator[AuditEvent]:

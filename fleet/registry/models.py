@@ -6,7 +6,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Integer, String, Text
+from sqlalchemy import Column, DateTime, Integer, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -126,6 +126,23 @@ class AuditEvent(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_column=Column(String(512)))
     detail: str | None = Field(default=None, sa_column=Column(Text))
     digest: str | None = Field(default=None, max_length=64)  # hash chain, see events.py
+
+
+class AuditCheckpoint(SQLModel, table=True):
+    """A keyed checkpoint of the audit chain's head; the same record is in the data dir's
+    checkpoint file (see fleet.checkpoints)."""
+
+    __tablename__ = "audit_checkpoints"
+    __table_args__ = (UniqueConstraint("writer", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    writer: str = Field(max_length=128)  # the process that wrote it
+    seq: int  # 1, 2, 3, ... per writer
+    event_id: int = Field(index=True)  # the newest audit event it covers
+    head: str = Field(max_length=64)  # that event's digest
+    at: datetime = _time()
+    file: str = Field(max_length=32)  # the id of the checkpoint file it was appended to
+    mac: str = Field(max_length=64)  # HMAC-SHA256 over all of the above
 
 
 class CRLState(SQLModel, table=True):

@@ -82,8 +82,11 @@ def test_audit_verify_refused_tampered_event(fleet: Run, enroll: Enroll) -> None
         db.execute("UPDATE audit_events SET outcome = 'refused' WHERE id = ?", (events[1]["id"],))
     result = fleet("audit", "verify")
     assert result.exit_code == 1
-    assert f"audit event {events[1]['id']} " in result.stderr
-    assert "after 1 good events" in result.stderr
+    bad = events[1]["id"]
+    assert f"event {bad}: audit event {bad} " in result.stdout
+    assert f"the first bad position is event {bad}" in result.stderr
+    assert fleet("audit", "verify", "--json").stdout.startswith(
+        '{"ok": false, "events": 1,')
 
 
 def test_audit_verify_refused_deleted_event(fleet: Run, enroll: Enroll) -> None:
@@ -96,4 +99,4 @@ def test_audit_verify_refused_deleted_event(fleet: Run, enroll: Enroll) -> None:
         db.execute("DELETE FROM audit_events WHERE id = ?", (events[0]["id"],))
     result = fleet("audit", "verify")
     assert result.exit_code == 1
-    assert "was changed, removed or inserted" in result.stderr
+    assert "was changed, removed or inserted" in result.stdout

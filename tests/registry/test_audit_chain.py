@@ -19,8 +19,8 @@ def test_audit_chain_intact_after_concurrent_operations(authority: Authority) ->
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(mint, range(40)))
     with new_session(authority.engine) as session:
-        checked, problem = verify_audit_chain(session=session)
-    assert (checked, problem) == (40, None)
+        chain = verify_audit_chain(session=session)
+    assert (chain.events, chain.problem, chain.last_id) == (40, None, 40)
 
 
 def test_audit_chain_detects_edit(authority: Authority, engine: Engine) -> None:
@@ -30,7 +30,7 @@ def test_audit_chain_detects_edit(authority: Authority, engine: Engine) -> None:
         connection.execute(text("UPDATE audit_events SET actor = 'someone-else' "
                                 "WHERE id = (SELECT MAX(id) FROM audit_events)"))
     with new_session(engine) as session:
-        checked, problem = verify_audit_chain(session=session)
-    assert checked == 2
-    assert problem is not None
-    assert "does not match the chain" in problem
+        chain = verify_audit_chain(session=session)
+    assert (chain.events, chain.first_bad, chain.last_id) == (2, 3, 3)
+    assert chain.problem is not None
+    assert "does not match the chain" in chain.problem
