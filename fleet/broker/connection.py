@@ -17,7 +17,8 @@ from amqtt.adapters import ReaderAdapter, StreamWriterAdapter
 from cryptography import x509
 
 from fleet.acl import NOTHING, Grants
-from fleet.broker import packets
+from fleet.broker import conformance, packets
+from fleet.broker.conformance import Violation
 from fleet.broker.quotas import CACHED_TOPIC_LENGTH
 from fleet.broker.session import RELEASED, outgoing
 from fleet.broker.tls import peer_certificate
@@ -31,11 +32,13 @@ SESSION_KEY = "fleet.connection"
 
 _TOPIC_CACHE = 256
 READ_CHUNK = 2**14
-PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 3, 4, 5, 6, 7
-_SHORT_PATH = frozenset((PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP))
+PUBACK, PUBREC, PUBREL, PUBCOMP = 4, 5, 6, 7
+_ACKNOWLEDGEMENTS = frozenset((PUBACK, PUBREC, PUBREL, PUBCOMP))
 _COMPLETES = {PUBACK: 1, PUBCOMP: 2}  # the acknowledgement that ends a QoS 1 / QoS 2 delivery
 
 log = logging.getLogger(__name__)
+
+OnViolation = Callable[["Connection", Violation], None]
 
 
 class Receiver(Protocol):
@@ -307,19 +310,25 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
     held by the receiver and answered with PUBREC, its PUBREL releases it and is answered
     with PUBCOMP (also for an unknown or discarded one, 4.3.3); a PUBREC is answered with
     PUBREL. amqtt's protocol handler reads every other packet, and may read no further than
-    the end of the packet it is in. Also records when data last arrived (keep-alive),
-    closes the connection on a packet above the size limit, whatever its type, and stops
-    reading while the peer does not read what it is sent.
+    the end of the packet it is in. Every packet after the CONNECT is read whole and checked
+    first (fleet.broker.conformance): one that breaks MQTT 3.1.1 closes the connection, is
+    reported to *on_violation* and answered with nothing, and nothing after it is read. Also
+    records when data last arrived (keep-alive), closes the connection on a packet above the
+    size limit, whatever its type, and stops reading while the peer does not read what it is
+    sent.
     """
 
     def __init__(self, reader: asyncio.StreamReader, connection: Connection, *, replay: bytes,
-                 max_packet_bytes: int) -> None:
+                 max_packet_bytes: int, on_violation: OnViolation) -> None:
         self._reader = reader
         self._connection = connection
         self._data = replay
         self._position = 0
-        self._left = 0  # bytes of the packet amqtt is reading that it has not read yet
+        # Bytes of the packet amqtt is reading that it has not read yet: first the CONNECT,
+        # which the gate has parsed strictly.
+        self._left = len(replay)
         self._max = max_packet_bytes
+        self._on_violation = on_violation
         self.receiver: Receiver | None = None  # attached by the broker with the session
 
     async def read(self, n: int = -1) -> bytes:
@@ -367,7 +376,8 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
                 if not byte & 0x80:
                     break
                 if header > 4:
-                    self._connection.abort("malformed remaining length")
+                    self._violated(Violation(conformance.MALFORMED,
+                                             "remaining length of more than four bytes"))
                     return False
                 if not await self._fill(header + 1):
                     return False
@@ -378,68 +388,64 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
                     self.receiver.oversized(self._connection, total)
                 self._connection.abort(f"packet of {total} bytes, above {self._max}")
                 return False
-            kind = data[start] >> 4
-            if kind in _SHORT_PATH:
-                if not await self._fill(total):
-                    return False
-                packet = self._data[self._position:self._position + total]
-                if self._short_path(packet, header):
-                    self._position += total
-                    continue
+            if not await self._fill(total):
+                return False
+            packet = self._data[self._position:self._position + total]
+            try:
+                publish = conformance.check(packet, header)
+            except Violation as violation:
+                self._violated(violation)
+                return False
+            if publish is not None:
+                handled = self._publish(packet, *publish)
+            else:
+                handled = packet[0] >> 4 in _ACKNOWLEDGEMENTS and self._acknowledgement(packet)
+            if handled:
+                self._position += total
+                continue
             self._left = total
             return True
 
-    def _short_path(self, packet: bytes, header: int) -> bool:
-        """Handle *packet* here if it is a PUBLISH, a PUBREL or acknowledges a delivery."""
+    def _violated(self, violation: Violation) -> None:
+        self._on_violation(self._connection, violation)
+        self._connection.abort(str(violation))
+
+    def _acknowledgement(self, packet: bytes) -> bool:
+        """Handle a PUBREL, or a PUBACK, PUBREC or PUBCOMP of a delivery (4 bytes, checked)."""
         connection, session, receiver = self._connection, self._connection.session, self.receiver
         if session is None or receiver is None:
             return False
-        flags = packet[0] & 0x0F
         kind = packet[0] >> 4
-        if kind != PUBLISH:
-            if len(packet) != 4 or flags != (0x02 if kind == PUBREL else 0):
-                return False  # malformed: amqtt's parser reports it
-            packet_id = int.from_bytes(packet[2:4], "big")
-            if kind == PUBREL:
-                receiver.release(session, packet_id)
-                connection.write(b"\x70\x02" + packet[2:4])  # PUBCOMP
-                return True
-            message = outgoing(session, packet_id)
-            if kind == PUBREC:  # 4.3.3: PUBREL answers every PUBREC, and is resent on resume
-                if message is not None and message.qos == 2:
-                    message.pubrel_packet = RELEASED
-                connection.write(packets.pubrel(packet_id))
-            elif message is not None and message.qos == _COMPLETES[kind]:
-                session.complete(packet_id)
+        identifier = packet[-2:]
+        packet_id = int.from_bytes(identifier, "big")
+        if kind == PUBREL:
+            receiver.release(session, packet_id)
+            connection.write(b"\x70\x02" + identifier)  # PUBCOMP
             return True
+        message = outgoing(session, packet_id)
+        if kind == PUBREC:  # 4.3.3: PUBREL answers every PUBREC, and is resent on resume
+            if message is not None and message.qos == 2:
+                message.pubrel_packet = RELEASED
+            connection.write(packets.pubrel(packet_id))
+        elif message is not None and message.qos == _COMPLETES[kind]:
+            session.complete(packet_id)
+        return True
+
+    def _publish(self, packet: bytes, topic: str, payload: int) -> bool:
+        """Route a PUBLISH (checked: *topic* is its topic name, its payload starts at
+        *payload*) and answer it."""
+        connection, session, receiver = self._connection, self._connection.session, self.receiver
+        if session is None or receiver is None:
+            return False
+        flags = packet[0]
         qos = (flags >> 1) & 0x03
-        if qos == 3:  # MQTT-3.3.1-4
-            connection.abort("PUBLISH with QoS 3")
-            return True
-        end = header + 2 + int.from_bytes(packet[header:header + 2], "big")
-        try:
-            topic = packet[header + 2:end].decode("utf-8")
-        except UnicodeDecodeError:
-            connection.abort("PUBLISH topic is not valid UTF-8")
-            return True
-        identifier = b""
-        if qos:
-            identifier = packet[end:end + 2]
-            end += 2
-            if len(identifier) < 2 or identifier == b"\x00\x00":
-                connection.abort("PUBLISH without a valid packet identifier")
-                return True
-        elif flags & 0x08:
-            return True  # MQTT-3.3.1-2: DUP must be 0 for QoS 0; ignored as amqtt does
-        if end > len(packet):
-            connection.abort("malformed PUBLISH")
-            return True
+        identifier = packet[payload - 2:payload] if qos else b""
         try:
             if qos == 2:
-                receiver.hold(session, int.from_bytes(identifier, "big"), topic, packet[end:],
-                              bool(flags & 0x01))
+                receiver.hold(session, int.from_bytes(identifier, "big"), topic,
+                              packet[payload:], bool(flags & 0x01))
             else:
-                receiver.receive(session, topic, packet[end:], qos, bool(flags & 0x01))
+                receiver.receive(session, topic, packet[payload:], qos, bool(flags & 0x01))
         except Exception:
             log.exception("routing a PUBLISH from %s failed", connection)
             connection.abort("internal error while routing a PUBLISH")

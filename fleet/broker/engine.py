@@ -55,7 +55,7 @@ from amqtt.events import BrokerEvents
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import ApplicationMessage, OutgoingApplicationMessage, Session
 
-from fleet.acl import is_topic_filter, is_topic_name, matches
+from fleet.acl import matches
 from fleet.broker import packets, session
 from fleet.broker.connection import Connection, ConnectionReader, ConnectionWriter, connection_of
 from fleet.broker.plugins import TopicPolicyPlugin
@@ -259,8 +259,6 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         """Grant *subscription* (filter, QoS) or refuse it; returns the SUBACK return code."""
         topic_filter, qos = subscription
-        if not is_topic_filter(topic_filter):  # MQTT-4.7.1-2, MQTT-4.7.1-3
-            return SUBACK_FAILURE
         if not self._allowed(session, topic_filter, Action.SUBSCRIBE):
             return SUBACK_FAILURE
         filters = session.attributes.setdefault(FILTERS_KEY, set())
@@ -345,8 +343,8 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
 
     def _accepts(self, session: Session, topic: str, data: bytes, qos: int,
                  retain: bool) -> bool:
-        """May *session* publish to *topic*? A refused PUBLISH is dropped (and audited),
-        one to an invalid topic name closes the connection (MQTT-4.7.3-1, MQTT-3.3.2-2)."""
+        """May *session* publish to *topic*? A refused PUBLISH is dropped (and audited); one
+        to an invalid topic name never gets here (fleet.broker.conformance closes it)."""
         if self._listened:
             message = ApplicationMessage(None, topic, qos, data, retain)
             self._notify(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id,
@@ -354,11 +352,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         connection = connection_of(session)
         if connection is not None and connection.may_publish(topic) and topic[0] != "$":
             return True
-        if not is_topic_name(topic):
-            if connection is not None:
-                connection.abort(f"PUBLISH to the invalid topic name {topic!r}")
-        else:
-            self._on_denied(connection, Action.PUBLISH, topic)
+        self._on_denied(connection, Action.PUBLISH, topic)
         return False
 
     def _publish(self, session: Session, topic: str, data: bytes, qos: int,

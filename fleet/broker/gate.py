@@ -12,7 +12,8 @@ and the will topic against the publish policy (S4); a refusal gets the CONNACK i
 Every refusal is audited (the certificate is verified: one event each). An admitted connection
 replaces an earlier connection of the same client id (MQTT-3.1.4-2), is dropped when its
 certificate expires or after 1.5 x keep-alive of silence (S5), and its CONNECT bytes are
-replayed into amqtt.
+replayed into amqtt. A later packet that breaks MQTT 3.1.1 (fleet.broker.conformance) closes
+the connection and is audited as ``broker.protocol``, naming the rule.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fleet.acl import Policy
 from fleet.authority import Admission, ConnectReturnCode, serial_hex
 from fleet.broker import packets
 from fleet.broker.backend import Audit, Backend
+from fleet.broker.conformance import Violation
 from fleet.broker.connection import (
     Connection,
     ConnectionReader,
@@ -191,7 +193,8 @@ class Gate:
         try:
             await self._broker.external_connected(
                 ConnectionReader(reader, connection, replay=connect.raw,
-                                 max_packet_bytes=self._max_packet),
+                                 max_packet_bytes=self._max_packet,
+                                 on_violation=self._violated),
                 ConnectionWriter(writer, connection), LISTENER)
         except Exception:
             log.exception("amqtt failed on %s", connection)
@@ -205,6 +208,11 @@ class Gate:
         self._audit.disconnected("broker.disconnect", reason=reason,
                                  device_id=_device_id(connection.identity),
                                  serial=connection.serial)
+
+    def _violated(self, connection: Connection, violation: Violation) -> None:
+        violation.context.update(peer=connection.peer, client_id=connection.client_id)
+        self._audit.refused("broker.protocol", violation, serial=connection.serial,
+                            device_id=_device_id(connection.identity))
 
     @staticmethod
     def _idle(connection: Connection) -> None:

@@ -277,6 +277,24 @@ def closed_within(sock: ssl.SSLSocket, seconds: float) -> float | None:
     return None
 
 
+def received_until_closed(sock: ssl.SSLSocket, seconds: float) -> bytes | None:
+    """Every byte the peer sent before it closed *sock*, or None if it stays open that long."""
+    received = b""
+    deadline = time.monotonic() + seconds
+    sock.settimeout(0.05)
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            continue
+        except (OSError, ssl.SSLError):
+            return received
+        if not chunk:
+            return received
+        received += chunk
+    return None
+
+
 def audit_events(engine: Engine, action: str | None = None) -> list[AuditEvent]:
     with registry_session(engine) as db:
         return list(events_db.list_audit(session=db, action=action))

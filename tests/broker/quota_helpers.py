@@ -24,15 +24,16 @@ def packet(first: int, body: bytes) -> bytes:
     return bytes((first,)) + encode_length(len(body)) + body
 
 
-def _text(value: str) -> bytes:
-    data = value.encode()
+def text(value: str | bytes) -> bytes:
+    """A length-prefixed string (1.5.3); bytes are taken as they are, valid UTF-8 or not."""
+    data = value.encode() if isinstance(value, str) else value
     return len(data).to_bytes(2, "big") + data
 
 
 def publish(topic: str, payload: bytes, *, qos: int = 0, packet_id: int = 1,
             retain: bool = False) -> bytes:
     identifier = packet_id.to_bytes(2, "big") if qos else b""
-    return packet(0x30 | (qos << 1) | int(retain), _text(topic) + identifier + payload)
+    return packet(0x30 | (qos << 1) | int(retain), text(topic) + identifier + payload)
 
 
 def pubrel(packet_id: int) -> bytes:
@@ -40,8 +41,12 @@ def pubrel(packet_id: int) -> bytes:
 
 
 def subscribe(*filters: str, qos: int = 1, packet_id: int = 1) -> bytes:
-    body = packet_id.to_bytes(2, "big") + b"".join(_text(f) + bytes((qos,)) for f in filters)
+    body = packet_id.to_bytes(2, "big") + b"".join(text(f) + bytes((qos,)) for f in filters)
     return packet(0x82, body)
+
+
+def unsubscribe(*filters: str, packet_id: int = 1) -> bytes:
+    return packet(0xA2, packet_id.to_bytes(2, "big") + b"".join(text(f) for f in filters))
 
 
 def read_packet(sock: ssl.SSLSocket) -> bytes:
