@@ -54,6 +54,7 @@ class Settings:
     trust_domain: str
     organization: str
     database_url: str
+    database_busy_timeout: timedelta
     ca_key_type: str
     root_lifetime: timedelta
     issuing_lifetime: timedelta
@@ -136,6 +137,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, str]] = {
     ("fleet", "trust_domain"): ("trust_domain", "str"),
     ("fleet", "organization"): ("organization", "str"),
     ("database", "url"): ("database_url", "str"),
+    ("database", "busy_timeout"): ("database_busy_timeout", "duration"),
     ("ca", "key_type"): ("ca_key_type", "str"),
     ("ca", "root_lifetime"): ("root_lifetime", "duration"),
     ("ca", "issuing_lifetime"): ("issuing_lifetime", "duration"),

@@ -21,7 +21,7 @@ from typing import TypeVar
 from aiohttp import hdrs, web
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from fleet import pki
 from fleet.audit import actor_of
@@ -32,7 +32,6 @@ from fleet.errors import (
     FleetError,
     InvalidTokenError,
     PKIError,
-    RegistryUnavailableError,
 )
 from provisioning import auth, wire
 from provisioning.connections import EstConnection
@@ -90,11 +89,8 @@ class EstService:
     async def call(self, function: Callable[..., T], /, *args: object, **kwargs: object) -> T:
         """Run a blocking registry call in the bounded thread pool."""
         loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self.executor,
-                                              functools.partial(function, *args, **kwargs))
-        except OperationalError as exc:  # SQLite "database is locked" after the busy timeout
-            raise RegistryUnavailableError(f"registry database busy: {exc.orig}") from exc
+        return await loop.run_in_executor(self.executor,
+                                          functools.partial(function, *args, **kwargs))
 
     # -- routing ----------------------------------------------------------------------------
 

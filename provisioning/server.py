@@ -71,7 +71,7 @@ async def start(settings: Settings, *, host: str, port: int,
     ca = await asyncio.to_thread(load_ca, settings)
     url = settings.effective_database_url
     threads = DB_THREADS["sqlite" if url.startswith("sqlite") else "postgresql"]
-    engine = make_engine(url, pool_size=threads)
+    engine = make_engine(url, pool_size=threads, busy_timeout=settings.database_busy_timeout)
     try:
         await asyncio.to_thread(migrate, engine)
     except RegistryUnavailableError as exc:

@@ -45,7 +45,8 @@ class Fleet:
     @cached_property
     def engine(self) -> Engine:
         """The registry engine, with the schema brought up to date."""
-        engine = make_engine(self.settings.effective_database_url, pool_size=2)
+        engine = make_engine(self.settings.effective_database_url, pool_size=2,
+                             busy_timeout=self.settings.database_busy_timeout)
         try:
             migrate(engine)
         except BaseException:

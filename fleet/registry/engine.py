@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +22,26 @@ from fleet.files import private_file
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine for *url*; SQLite gets WAL, a busy timeout, foreign keys and a 0600 file."""
+BUSY_TIMEOUT = timedelta(seconds=30)
+"""How long an SQLite statement waits for a lock another connection holds (the default of
+database.busy_timeout)."""
+
+
+def make_engine(url: str, *, pool_size: int = 10,
+                busy_timeout: timedelta = BUSY_TIMEOUT) -> Engine:
+    """An engine for *url*; SQLite gets WAL, *busy_timeout*, foreign keys and a 0600 file."""
     if url.startswith("sqlite"):
         path = make_url(url).database
         if path and path != ":memory:" and not path.startswith("file:"):
             # Created 0600 before SQLite opens it: SQLite gives -wal and -shm the same mode.
             private_file(Path(path))
+        seconds = busy_timeout.total_seconds()
         engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False},
+            url, connect_args={"timeout": seconds, "check_same_thread": False},
             pool_size=pool_size, max_overflow=pool_size,
         )
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", functools.partial(
+            _sqlite_pragmas, busy_timeout_ms=max(1, round(seconds * 1000))))
         # pysqlite's own transaction handling is disabled (see _sqlite_pragmas); we issue BEGIN
         # ourselves. Write transactions take the write lock up front (BEGIN IMMEDIATE) so one
         # that reads then writes cannot fail on lock upgrade; reads stay concurrent under WAL.
@@ -50,13 +60,13 @@ def _sqlite_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, busy_timeout_ms: int) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
     cursor.close()
 
 
@@ -74,15 +84,26 @@ def migrate(engine: Engine) -> None:
 
 @contextmanager
 def unavailable_as_error() -> Iterator[None]:
-    """Turn "cannot reach the database" driver errors into RegistryUnavailableError."""
+    """Turn "cannot reach the database" driver errors into RegistryUnavailableError.
+
+    So is an SQLite lock another connection held for longer than the busy timeout: the
+    statement waited as long as it was allowed to, as it would wait for an unreachable server.
+    SQLite's other "database is locked" errors come at once, without waiting:
+    SQLITE_BUSY_SNAPSHOT (a read transaction that tried to write after another writer
+    committed) and SQLITE_LOCKED are defects in how a transaction was begun, not outages, and
+    stay unconverted so that they surface (the concurrency tests count only FleetErrors as
+    refusals; anything else fails them).
+    """
     try:
         yield
     except (OperationalError, SAInterfaceError) as exc:
-        text = str(exc.orig) if exc.orig is not None else str(exc)
-        if "locked" in text and "database" in text:
+        text = (str(exc.orig) if exc.orig is not None else str(exc)).splitlines()[0]
+        code = getattr(exc.orig, "sqlite_errorname", "")
+        if code == "SQLITE_BUSY_SNAPSHOT" or code.startswith("SQLITE_LOCKED"):
             raise
-        raise RegistryUnavailableError(f"registry database unavailable: {text.splitlines()[0]}") \
-            from exc
+        if code == "SQLITE_BUSY":
+            text += " (held by another connection beyond the busy timeout)"
+        raise RegistryUnavailableError(f"registry database unavailable: {text}") from exc
 
 
 def execute(session: Session, statement: Executable, **params: Any) -> CursorResult[Any]:
