@@ -28,6 +28,7 @@ from fleet.cli import (
     device,
     diagnose,
     expiring,
+    export,
     health,
     init,
     serve,
@@ -107,6 +108,7 @@ app.add_typer(sim.app, name="sim")
 app.command("backup")(backup.backup)
 app.command("restore")(backup.restore)
 app.command("health")(health.health_command)
+app.add_typer(export.app, name="export")
 
 
 def main() -> None:

@@ -1,0 +1,102 @@
+"""``fleet export``: configuration for brokers that take their identities and policy from
+Fleet (fleet.integrations)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography.hazmat.primitives import serialization
+from sqlmodel import col, select
+
+from fleet import acl
+from fleet.ca import Paths
+from fleet.cli.context import fleet_of
+from fleet.cli.output import note, say
+from fleet.errors import CAError, ConflictError
+from fleet.files import write_private, write_public
+from fleet.integrations import mosquitto as mosquitto_config
+from fleet.registry.models import Certificate, CertificateStatus, Device, DeviceStatus
+
+app = typer.Typer(no_args_is_help=True, help="Configuration for other brokers, from Fleet's.")
+
+OutDir = Annotated[Path, typer.Option(
+    "--out", metavar="DIR", file_okay=False,
+    help="Directory to write (created; must be empty unless --force).")]
+Force = Annotated[bool, typer.Option("--force", help="Write into a non-empty DIR.")]
+
+
+def output_directory(out: Path, *, force: bool) -> Path:
+    """*out*, created if missing (its parent must exist), empty unless *force*."""
+    out = out.resolve()
+    if not out.parent.is_dir():
+        raise ConflictError(f"{out.parent} is not a directory")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ConflictError(f"{out} is not empty; use --force to write into it")
+    out.mkdir(mode=0o750, exist_ok=True)
+    return out
+
+
+@app.command("mosquitto")
+def mosquitto(
+    ctx: typer.Context,
+    out: OutDir,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535,
+                                      help="Mosquitto's TLS listener port.")] = 8883,
+    host: Annotated[str, typer.Option("--host", help="Address Mosquitto listens on.")
+                    ] = "127.0.0.1",
+    user: Annotated[str | None, typer.Option(
+        "--user", help="User Mosquitto switches to when started as root (default: "
+        "mosquitto); the key and CRL are made readable by its group.")] = None,
+    force: Force = False,
+) -> None:
+    """mosquitto.conf, its ACL file, the CA chain, a server certificate and the CRL."""
+    fleet = fleet_of(ctx)
+    settings = fleet.settings
+    paths = Paths.of(settings)
+    if not paths.server_cert.exists():
+        raise CAError(f"no CA in {settings.ca_dir}: run `fleet init` first")
+    directory = output_directory(out, force=force)
+    policy = acl.load_policy(settings.acl_file)
+    with fleet.session() as session:
+        devices = {d.id: d.group for d in session.exec(
+            select(Device).where(Device.status == DeviceStatus.ACTIVE)).all()}
+        services = set(session.exec(select(Certificate.service).where(
+            col(Certificate.service).is_not(None),
+            Certificate.status == CertificateStatus.ACTIVE)).all())
+    crl = fleet.authority.current_crl().public_bytes(serialization.Encoding.PEM)
+    listener = mosquitto_config.Listener(
+        host=host, port=port, cafile=directory / "ca.pem", certfile=directory / "server.pem",
+        keyfile=directory / "server.key", crlfile=directory / "crl.pem",
+        acl_file=directory / "acl", user=user)
+    write_public(listener.cafile, paths.chain.read_bytes())
+    write_public(listener.certfile, paths.server_cert.read_bytes())
+    write_private(listener.keyfile, paths.server_key.read_bytes())
+    write_public(listener.crlfile, crl)
+    write_public(listener.acl_file, mosquitto_config.acl(
+        policy, devices=devices, services=(s for s in services if s)).encode())
+    write_public(directory / "mosquitto.conf", mosquitto_config.configuration(listener).encode())
+    shared = _share_with(user or "mosquitto", directory, [listener.keyfile])
+    say(f"wrote {directory}/mosquitto.conf for {len(devices)} device(s) and "
+        f"{len(services)} service(s): mosquitto -c {directory}/mosquitto.conf")
+    if not shared:
+        note(f"make {listener.keyfile} readable by the user Mosquitto runs as")
+    note(f"keep the CRL current: fleet crl --watch --out {listener.crlfile} --signal PID")
+
+
+def _share_with(user: str, directory: Path, private: list[Path]) -> bool:
+    """Give *user*'s group read access to *private* files (root only; False if not done)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        group = pwd.getpwnam(user).pw_gid
+    except KeyError:
+        return False
+    for path in (directory, *private):
+        shutil.chown(path, group=group)
+        path.chmod(0o750 if path.is_dir() else 0o640)
+    return True

@@ -1,0 +1,104 @@
+"""Mosquitto driven by Fleet's identities: its configuration and ACL file from Fleet's.
+
+Mosquitto takes the identity from the client certificate (``use_identity_as_username``: the CN,
+which is the device id or service name) and forces the client id to it
+(``use_username_as_clientid``), so no client can take over another's session. The topic
+policy of ``config/acl.toml`` becomes an ACL file: a device template that names only
+``{device_id}`` becomes a ``pattern`` over ``%u``; one that names ``{group}`` is filled in for
+each device under a ``user`` block; a service's templates go under a ``user`` block per
+service. Fleet's *publish* is Mosquitto's ``write``, *subscribe* its ``read`` (which Mosquitto
+also checks on every delivery, as Fleet does). Revocation reaches Mosquitto through its
+``crlfile`` (``fleet crl --watch`` rewrites it and signals Mosquitto to reload).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleet.acl import Policy
+
+_ACCESS = {("publish",): "write", ("subscribe",): "read", ("publish", "subscribe"): "readwrite"}
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str
+    port: int
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    crlfile: Path
+    acl_file: Path
+    user: str | None = None
+    """The user Mosquitto switches to when started as root (None: its default, mosquitto)."""
+
+
+def configuration(listener: Listener) -> str:
+    """mosquitto.conf for one mutual-TLS listener that admits only fleet certificates."""
+    lines = [
+        "# Written by `fleet export mosquitto`; re-run it rather than editing this file.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"acl_file {listener.acl_file}",
+    ]
+    if listener.user is not None:
+        lines.append(f"user {listener.user}")
+    lines += [
+        "",
+        f"listener {listener.port} {listener.host}",
+        f"cafile {listener.cafile}",
+        f"certfile {listener.certfile}",
+        f"keyfile {listener.keyfile}",
+        "tls_version tlsv1.2",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+        f"crlfile {listener.crlfile}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def acl(policy: Policy, *, devices: Mapping[str, str], services: Iterable[str]) -> str:
+    """The ACL file for *policy*; *devices* maps each device id to its group."""
+    rules = policy.roles
+    lines = ["# Written by `fleet export mosquitto` from the topic policy; re-run it when",
+             "# devices or services are added."]
+    device = rules.get("device")
+    if device is not None:
+        patterns: dict[str, list[str]] = {}
+        grouped: dict[str, list[str]] = {}
+        for action, templates in (("publish", device.publish), ("subscribe", device.subscribe)):
+            for template in templates:
+                names = _placeholders(template)
+                if names <= {"device_id"}:
+                    patterns.setdefault(template.replace("{device_id}", "%u"), []).append(action)
+                else:
+                    grouped.setdefault(template, []).append(action)
+        lines += ["", *(f"pattern {_access(a)} {t}" for t, a in patterns.items())]
+        for device_id, group in sorted(devices.items()):
+            topics = [f"topic {_access(a)} {t.format(device_id=device_id, group=group)}"
+                      for t, a in grouped.items()]
+            if topics:
+                lines += ["", f"user {device_id}", *topics]
+    service = rules.get("service")
+    if service is not None:
+        fixed: dict[str, list[str]] = {}
+        for action, templates in (("publish", service.publish),
+                                  ("subscribe", service.subscribe)):
+            for template in templates:
+                if not _placeholders(template):  # Fleet grants no template with a gap
+                    fixed.setdefault(template, []).append(action)
+        for name in sorted(set(services)):
+            lines += ["", f"user {name}", *(f"topic {_access(a)} {t}" for t, a in fixed.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _placeholders(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def _access(actions: list[str]) -> str:
+    return _ACCESS[tuple(sorted(set(actions)))]
