@@ -11,7 +11,8 @@ further sources share one overflow aggregate per action (actor ``est:*``). Event
 verified identity never come here: they are recorded one by one.
 
 The digest is pure bookkeeping: the edges drain it every interval and hand the aggregates to
-``Authority.record_refusals``.
+``Authority.record_refusals``. Those a flush cannot record while the registry is unavailable
+are folded into the next interval's, so an outage loses no count.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from fleet.errors import FleetError
 from fleet.registry.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class Aggregate:
     last: datetime
     count: int = 1
     detail: dict[str, object] = field(default_factory=dict)
+    subject: str | None = None
 
 
 Flush = Callable[[list[Aggregate]], Awaitable[None]]
@@ -69,20 +72,26 @@ class RefusalDigest:
         """Count one refusal, apart from others of the same actor when *subject* (a topic,
         say) differs; the *detail* of an aggregate's first refusal is kept."""
         now = self._clock()
+        self._fold(Aggregate(action=action, actor=actor, reason=reason, first=now, last=now,
+                             detail=dict(detail), subject=subject))
+        log.debug("refused %s for %s: %s", action, actor, reason)
+
+    def _fold(self, new: Aggregate) -> None:
+        """Count *new* into its aggregate of this interval (the overflow one past the bound)."""
         with self._lock:
-            key = (action, actor, subject)
+            key = (new.action, new.actor, new.subject)
             aggregate = self._open.get(key)
             if aggregate is None and len(self._open) >= self.max_sources:
-                actor = actor_of(actor.partition(":")[0], OVERFLOW_SOURCE)
-                key = (action, actor, None)
+                new.actor = actor_of(new.actor.partition(":")[0], OVERFLOW_SOURCE)
+                new.subject = None
+                key = (new.action, new.actor, None)
                 aggregate = self._open.get(key)
             if aggregate is None:
-                self._open[key] = Aggregate(action=action, actor=actor, reason=reason,
-                                            first=now, last=now, detail=dict(detail))
+                self._open[key] = new
             else:
-                aggregate.count += 1
-                aggregate.last = now
-        log.debug("refused %s for %s: %s", action, actor, reason)
+                aggregate.count += new.count
+                aggregate.first = min(aggregate.first, new.first)
+                aggregate.last = max(aggregate.last, new.last)
 
     def drain(self) -> list[Aggregate]:
         """The aggregates of the interval that ends now; the next interval starts empty."""
@@ -118,6 +127,11 @@ class RefusalDigest:
                  "interval", total, len(aggregates))
         try:
             await flush(aggregates)
-        except Exception:  # the digest must outlive a registry outage
+        except FleetError as exc:  # the registry is unavailable: they wait for the next flush
+            for aggregate in aggregates:
+                self._fold(aggregate)
+            log.warning("could not record %d aggregated refusals, kept for the next "
+                        "flush: %s", len(aggregates), exc.message)
+        except Exception:  # the digest must outlive any failure
             log.warning("could not record %d aggregated refusals", len(aggregates),
                         exc_info=True)
