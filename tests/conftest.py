@@ -98,6 +98,13 @@ def _ca_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLEET_CA_PASSPHRASE", TEST_PASSPHRASE)
 
 
+@pytest.fixture(autouse=True)
+def _broker_metrics_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """broker.metrics_port is one fixed port by default: brokers started by tests (and their
+    child processes) leave it off, and a test of /metrics picks a free port."""
+    monkeypatch.setenv("FLEET_BROKER_METRICS_PORT", "0")
+
+
 @pytest.fixture(scope="session")
 def ca_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One CA (root, issuing, server certificate) and audit checkpoint key, as `fleet init`

@@ -17,7 +17,12 @@ Decisions worth knowing:
 - CONNACK 0x02 (identifier rejected) when the client id does not match the certificate, or
   is held by a session of another identity; 0x05 (not authorized) for a certificate unknown
   to the registry or revoked, a suspended or revoked device, or a will outside the publish
-  policy; 0x03 when the registry is unreachable; 0x01 for MQTT 3.1 and 5.
+  policy; 0x03 when the registry is unreachable, and while the watcher has not confirmed
+  revocation state for ``revocation_max_staleness`` (fail closed; connected clients stay);
+  0x01 for MQTT 3.1 and 5.
+- The watcher never stops: a failed poll is logged, counted and retried with backoff, and an
+  event whose handling raised is applied again, not skipped. ``/metrics`` (Prometheus) and
+  ``/healthz`` (503 while revocation state is stale) listen on ``metrics_port`` (health.py).
 - A service's client id is its name, or its name followed by one of ``-_.:/@`` and more.
 - A PUBLISH outside the identity's topics is dropped and audited; the client stays connected
   (as with Mosquitto: MQTT 3.1.1 cannot tell it why, and a disconnect would only start a

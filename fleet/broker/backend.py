@@ -1,10 +1,18 @@
 """The broker's access to the registry: blocking Authority calls on a small thread pool, and
-audit events that a flood of refused connections cannot multiply."""
+audit events that a flood of refused connections cannot multiply.
+
+Audit writes run on a thread of their own, one at a time, so a registry that makes them slow
+(SQLite's busy wait on a locked file, a PostgreSQL server that does not answer) never takes
+the threads that admit connections, and at most ``MAX_AUDIT_BACKLOG`` of them wait: beyond,
+an event is logged (as every audited broker event is) but not written, and counted
+(``fleet_broker_audit_events_dropped_total``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -14,6 +22,7 @@ from cryptography import x509
 
 from fleet.audit import Aggregate, RefusalDigest, actor_of
 from fleet.authority import Admission, Authority, Decision
+from fleet.broker.health import BrokerMetrics
 from fleet.errors import FleetError
 from fleet.registry.models import RevocationEvent
 
@@ -21,6 +30,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ACTOR = "broker"
+MAX_AUDIT_BACKLOG = 1000
+"""Audit events waiting to be written, at most."""
 
 
 class Backend:
@@ -30,10 +41,15 @@ class Backend:
         self.authority = authority
         self._executor = ThreadPoolExecutor(max_workers=workers,
                                             thread_name_prefix="fleet-broker-registry")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-broker-audit")
 
     async def call(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, partial(function, *args, **kwargs))
+
+    async def write(self, function: Callable[[], T]) -> T:
+        """Run an audit write on the audit thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, function)
 
     async def admit(self, certificate: x509.Certificate) -> Admission:
         # The certificate comes from a CERT_REQUIRED handshake against the fleet chain.
@@ -64,6 +80,7 @@ class Backend:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
 
 
 class Audit:
@@ -77,11 +94,15 @@ class Audit:
     misbehaving device can turn a flood into one row per packet.
     """
 
-    def __init__(self, backend: Backend, *, interval: float, max_sources: int) -> None:
+    def __init__(self, backend: Backend, *, interval: float, max_sources: int,
+                 metrics: BrokerMetrics) -> None:
         self._backend = backend
         self._strangers = RefusalDigest(interval=interval, max_sources=max_sources)
         self._denials = RefusalDigest(interval=interval, max_sources=max_sources)
+        self._metrics = metrics
         self._pending: set[asyncio.Future[Any]] = set()
+        self._dropped: Counter[str] = Counter()
+        """Events not written since the backlog was last full, by action."""
 
     def start(self) -> None:
         self._strangers.start(self._record)
@@ -91,8 +112,8 @@ class Audit:
                 serial: str | None = None) -> None:
         """A refusal of a connection that presented a verified fleet certificate."""
         log.info("refused %s: %s", action, error)
-        self._submit(partial(self._backend.authority.audit_refusal, action, error,
-                             actor=ACTOR, device_id=device_id, serial=serial))
+        self._submit(action, partial(self._backend.authority.audit_refusal, action, error,
+                                     actor=ACTOR, device_id=device_id, serial=serial))
 
     def unverified(self, action: str, error: FleetError) -> None:
         """A refusal that proves nothing about the peer (aggregated by source address)."""
@@ -109,16 +130,34 @@ class Audit:
                      serial: str | None, detail: dict[str, object] | None = None) -> None:
         """The broker dropped a live connection (revocation, suspension, expiry)."""
         log.info("%s: %s", action, reason)
-        self._submit(partial(self._backend.record, action, outcome="ok", device_id=device_id,
-                             serial=serial, reason=reason, detail=detail))
+        self._submit(action, partial(self._backend.record, action, outcome="ok",
+                                     device_id=device_id, serial=serial, reason=reason,
+                                     detail=detail))
 
     async def _record(self, aggregates: list[Aggregate]) -> None:
-        await self._backend.call(self._backend.authority.record_refusals, aggregates)
+        await self._backend.write(partial(self._backend.authority.record_refusals, aggregates))
 
-    def _submit(self, write: Callable[[], object]) -> None:
-        future = asyncio.ensure_future(self._backend.call(write))
+    def _submit(self, action: str, write: Callable[[], object]) -> None:
+        if len(self._pending) >= MAX_AUDIT_BACKLOG:
+            if not self._dropped:
+                log.warning("audit backlog full (%d events waiting to be written): further "
+                            "events are logged but not written until it drains",
+                            len(self._pending))
+            self._dropped[action] += 1
+            self._metrics.audit_dropped(action)
+            return
+        future = asyncio.ensure_future(self._backend.write(write))
         self._pending.add(future)
-        future.add_done_callback(self._pending.discard)
+        future.add_done_callback(self._written)
+
+    def _written(self, future: asyncio.Future[Any]) -> None:
+        self._pending.discard(future)
+        if not future.cancelled() and (error := future.exception()) is not None:
+            log.warning("audit event not recorded: %s: %s", type(error).__name__, error)
+        if self._dropped and not self._pending:
+            dropped, self._dropped = self._dropped, Counter()
+            log.warning("audit backlog drained; events logged but not written meanwhile: %s",
+                        ", ".join(f"{count} {action}" for action, count in dropped.items()))
 
     async def close(self) -> None:
         """Record what the digests hold and wait until every submitted event is written."""

@@ -6,8 +6,10 @@ without a CONNACK, another protocol level gets 0x01. The CONNECT is then decided
 admission checks of fleet.authority.admission, the list ``fleet diagnose`` shows: identity,
 client id (the device id, or a service's name optionally followed by one of ``-_.:/@``), the
 client id's session (not held, live or stored, by another identity: no connection can wipe,
-resume or take over another identity's session, S1, S2, S6), registry status, superseded grace
-and the will topic against the publish policy (S4); a refusal gets the CONNACK its check names.
+resume or take over another identity's session, S1, S2, S6), revocation state (confirmed by
+the watcher within ``broker.revocation_max_staleness``, else 0x03: fail closed), registry
+status, superseded grace and the will topic against the publish policy (S4); a refusal gets
+the CONNACK its check names.
 
 Every refusal is audited (the certificate is verified: one event each). An admitted connection
 replaces an earlier connection of the same client id (MQTT-3.1.4-2), is dropped when its
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from datetime import datetime
 
 from cryptography import x509
 
@@ -39,6 +42,7 @@ from fleet.broker.connection import (
     connection_of,
 )
 from fleet.broker.engine import FleetBroker
+from fleet.broker.health import BrokerMetrics
 from fleet.broker.packets import Connect, ProtocolError, UnsupportedProtocolError
 from fleet.broker.tls import peer_certificate
 from fleet.errors import (
@@ -72,7 +76,9 @@ class Gate:
     """Admits TLS connections into the amqtt broker."""
 
     def __init__(self, *, settings: Settings, backend: Backend, audit: Audit, policy: Policy,
-                 broker: FleetBroker, connections: Connections) -> None:
+                 broker: FleetBroker, connections: Connections,
+                 revocations_confirmed_at: Callable[[], datetime],
+                 metrics: BrokerMetrics) -> None:
         self._trust_domain = settings.trust_domain
         self._timeout = settings.connect_timeout.total_seconds()
         self._max_connect = min(settings.max_packet_bytes, MAX_CONNECT_BYTES)
@@ -82,6 +88,8 @@ class Gate:
         self._policy = policy
         self._broker = broker
         self._connections = connections
+        self._confirmed_at = revocations_confirmed_at
+        self._metrics = metrics
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     admitted: Callable[[], None]) -> None:
@@ -139,7 +147,7 @@ class Gate:
         decision = await self._backend.assess(
             certificate, client_id=connect.client_id, will_topic=connect.will_topic,
             sessions_known=True, session_holder=self._owner(connect.client_id),
-            policy=self._policy)
+            revocations_confirmed_at=self._confirmed_at(), policy=self._policy)
         refusal = decision.refusal
         if refusal is not None:
             assert refusal.error is not None
@@ -167,6 +175,7 @@ class Gate:
                       refusal: Refused) -> None:
         self._audit.refused("broker.connect", refusal.error, serial=connection.serial,
                             device_id=_device_id(connection.identity))
+        self._metrics.refused(refusal.code)
         if refusal.code is None or writer.transport.is_closing():
             return
         writer.write(packets.connack(refusal.code))

@@ -1,4 +1,5 @@
-"""Start and stop the broker: TLS listener -> CONNECT gate -> amqtt, plus the watcher."""
+"""Start and stop the broker: TLS listener -> CONNECT gate -> amqtt, plus the watcher and,
+on ``broker.metrics_port``, /metrics and /healthz."""
 
 from __future__ import annotations
 
@@ -6,17 +7,20 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+import ssl
 import sys
 from typing import Any
 
 from amqtt.contexts import Action
 
-from fleet.acl import PolicyError, load_policy
+from fleet.acl import Policy, PolicyError, load_policy
 from fleet.authority import Authority
 from fleet.broker.backend import Audit, Backend
 from fleet.broker.connection import Connection, Connections
 from fleet.broker.engine import FleetBroker
 from fleet.broker.gate import LISTENER, Gate
+from fleet.broker.health import BrokerMetrics, HealthServer, listening_socket
 from fleet.broker.listener import TLSListener
 from fleet.broker.quotas import Quotas
 from fleet.broker.tls import server_context
@@ -42,16 +46,18 @@ def broker_config() -> dict[str, Any]:
 
 
 class RunningServer:
-    """A started broker; ``port`` is the port actually bound."""
+    """A started broker; ``port`` is the port actually bound, ``health`` serves /metrics and
+    /healthz (None: broker.metrics_port is 0)."""
 
     def __init__(self, *, host: str, port: int, listener: TLSListener, broker: FleetBroker,
                  watcher: RevocationWatcher, backend: Backend, audit: Audit,
-                 connections: Connections) -> None:
+                 connections: Connections, health: HealthServer | None) -> None:
         self.host = host
         self.port = port
         self.broker = broker
         self.connections = connections
         self.watcher = watcher
+        self.health = health
         self._listener = listener
         self._backend = backend
         self._audit = audit
@@ -63,6 +69,8 @@ class RunningServer:
             return
         self._closed = True
         self._listener.stop_accepting()
+        if self.health is not None:
+            await self.health.close()
         await self.watcher.stop()
         for connection in self.connections:
             connection.abort("broker shutting down")
@@ -74,7 +82,8 @@ class RunningServer:
 
 
 async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
-    """Start the broker on *host*:*port* (0 picks a free port)."""
+    """Start the broker on *host*:*port* (0 picks a free port), and /metrics and /healthz on
+    *host*:broker.metrics_port unless it is 0 (a port in use is a ConfigError)."""
     quiet = logging.getLogger("amqtt")  # its per-connection chatter, unless configured
     if quiet.level == logging.NOTSET:
         quiet.setLevel(logging.ERROR)
@@ -83,12 +92,27 @@ async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
     except PolicyError as exc:
         raise ConfigError("broker.acl_file", str(settings.acl_file), str(exc)) from None
     context = server_context(settings)
-    engine = make_engine(settings.effective_database_url)
+    health_socket = (listening_socket(host, settings.broker_metrics_port)
+                     if settings.broker_metrics_port else None)
+    try:
+        return await _start(settings, host=host, port=port, policy=policy, context=context,
+                            health_socket=health_socket)
+    except BaseException:
+        if health_socket is not None:
+            health_socket.close()
+        raise
+
+
+async def _start(settings: Settings, *, host: str, port: int, policy: Policy,
+                 context: ssl.SSLContext, health_socket: socket.socket | None) -> RunningServer:
+    engine = make_engine(settings.effective_database_url,
+                         busy_timeout=settings.database_busy_timeout)
     await asyncio.to_thread(migrate, engine)
     authority = Authority(settings=settings, engine=engine, trust=load_trust(settings))
     backend = Backend(authority)
+    metrics = BrokerMetrics()
     audit = Audit(backend, interval=settings.audit_refusal_interval.total_seconds(),
-                  max_sources=settings.audit_refusal_sources)
+                  max_sources=settings.audit_refusal_sources, metrics=metrics)
     audit.start()
     connections = Connections()
 
@@ -110,8 +134,13 @@ async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
                          session_expiry=settings.session_expiry.total_seconds(),
                          on_denied=denied, on_quota=quota)
     await broker.start()
+    watcher = RevocationWatcher(backend=backend, audit=audit, connections=connections,
+                                broker=broker,
+                                interval=settings.revocation_poll_interval.total_seconds(),
+                                metrics=metrics)
     gate = Gate(settings=settings, backend=backend, audit=audit, policy=policy, broker=broker,
-                connections=connections)
+                connections=connections, revocations_confirmed_at=lambda: watcher.confirmed_at,
+                metrics=metrics)
 
     def handshake_refused(error: FleetError) -> None:
         audit.unverified("broker.handshake", error)
@@ -122,14 +151,16 @@ async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
         max_pending_per_source=settings.max_pending_per_source,
         handshake_timeout=settings.handshake_timeout.total_seconds(), on_connection=gate.serve,
         on_refused=handshake_refused)
-    watcher = RevocationWatcher(backend=backend, audit=audit, connections=connections,
-                                broker=broker,
-                                interval=settings.revocation_poll_interval.total_seconds())
     await watcher.start()
     bound = await listener.start(host, port)
+    metrics.observe(poll_age=watcher.poll_age, connections_open=lambda: len(connections))
+    health = None
+    if health_socket is not None:
+        health = HealthServer(sock=health_socket, metrics=metrics, health=watcher.health)
+        await health.start()
     return RunningServer(host=host, port=bound, listener=listener, broker=broker,
                          watcher=watcher, backend=backend, audit=audit,
-                         connections=connections)
+                         connections=connections, health=health)
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
@@ -146,6 +177,9 @@ async def _serve(settings: Settings, *, host: str, port: int) -> None:
             loop.add_signal_handler(signum, stop.set)
     shown = f"[{running.host}]" if ":" in running.host else running.host
     print(f"MQTT listening on mqtts://{shown}:{running.port}", flush=True)
+    if running.health is not None:
+        print(f"metrics on {running.health.url}/metrics, health on {running.health.url}/healthz",
+              flush=True)
     try:
         await stop.wait()
     finally:

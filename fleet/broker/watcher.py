@@ -27,8 +27,21 @@ admits it now (an unreachable registry drops it too). If one is still admitted, 
 is back and keeps its session and retained messages. Any other event (a certificate
 superseded by a renewal, usable for its grace) has each connection asked about again, and
 purges nothing; a superseded certificate's connections still admitted are dropped when its
-grace (``certificates.superseded_grace``) ends. A connection still waiting for its admission
-is left to the gate, which reads the current state.
+grace (``certificates.superseded_grace``) ends. A connection whose admission has not started
+(its CONNECT not read yet), whatever the event, is left to the gate, which reads the current
+state and answers with a CONNACK.
+
+The watcher never stops on an error. A poll that raises anything (an unreachable registry,
+SQLite's "database is locked", a bug in applying an event) is logged and counted
+(``fleet_broker_revocation_poll_failures_total``) and retried after a backoff that starts at
+the poll interval and doubles up to ``MAX_BACKOFF``, back to the interval after a success.
+The position in the event feed moves past an event only once it is applied, so an event
+whose handling raised is applied again on the next poll, never skipped. An event that keeps
+failing holds the watcher there: no poll succeeds, revocation state stays unconfirmed and,
+after ``broker.revocation_max_staleness``, the broker refuses new connections (CONNACK 0x03,
+/healthz 503) until the event applies. A restart starts the watcher after the newest event
+again; the gate then asks the registry about every reconnecting client, so the revocation is
+enforced either way.
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ from collections.abc import Callable
 from fleet.broker.backend import Audit, Backend
 from fleet.broker.connection import Connection, Connections, connection_of
 from fleet.broker.engine import FleetBroker
+from fleet.broker.health import BrokerMetrics, Health
 from fleet.errors import FleetError
 from fleet.pki import Identity
 from fleet.registry.models import RevocationEvent, utcnow
@@ -54,24 +68,49 @@ def _cancel(timer: asyncio.TimerHandle, _finished: object) -> None:
 
 _FINISH_WAIT = 5.0
 SUPERSEDED = "superseded"
+MAX_BACKOFF = 2.0
+"""Seconds between retries of a failing poll, at most (unless the poll interval is longer)."""
 
 
 class RevocationWatcher:
     def __init__(self, *, backend: Backend, audit: Audit, connections: Connections,
-                 broker: FleetBroker, interval: float) -> None:
+                 broker: FleetBroker, interval: float, metrics: BrokerMetrics) -> None:
         self._backend = backend
+        self._authority = backend.authority
         self._audit = audit
         self._connections = connections
         self._broker = broker
         self._interval = interval
+        self._metrics = metrics
         self._last = 0
         self._task: asyncio.Task[None] | None = None
         self._purges: set[asyncio.Task[None]] = set()
+        self.confirmed_at = self._authority.clock()
+        """When revocation state was last confirmed: the start of the last successful poll."""
+        self.failures = 0
+        """Polls failed in a row since the last successful one."""
+        self._last_error: str | None = None
 
     async def start(self) -> None:
         """Start after the newest event: earlier ones are checked at CONNECT anyway."""
+        started = self._authority.clock()
         self._last = await self._backend.last_revocation_id()
+        self.confirmed_at = started
         self._task = asyncio.create_task(self._run(), name="fleet-revocation-watcher")
+
+    def poll_age(self) -> float:
+        """Seconds since revocation state was last confirmed."""
+        return (self._authority.clock() - self.confirmed_at).total_seconds()
+
+    def health(self) -> Health:
+        problem = self._authority.revocation_state_problem(self.confirmed_at,
+                                                           self._authority.clock())
+        return Health(status="ok" if problem is None else "stale",
+                      revocation_poll_age_seconds=round(self.poll_age(), 3),
+                      revocation_max_staleness_seconds=self._authority.settings
+                      .revocation_max_staleness.total_seconds(),
+                      revocation_poll_failures=self.failures, last_poll_error=self._last_error,
+                      detail=problem)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -82,15 +121,37 @@ class RevocationWatcher:
             await asyncio.wait(set(self._purges), timeout=_FINISH_WAIT)
 
     async def _run(self) -> None:
+        delay = self._interval
         while True:
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(delay)
+            started = self._authority.clock()
             try:
                 await self.poll()
-            except FleetError as exc:
-                log.warning("revocation poll failed, retrying: %s", exc)
+            except Exception as exc:  # anything but cancellation: retried, never fatal
+                delay = self._failed(exc)
+                continue
+            if self.failures:
+                log.warning("revocation poll succeeded again after %d failures; revocation "
+                            "state was unconfirmed for %.1fs", self.failures,
+                            (started - self.confirmed_at).total_seconds())
+            self.confirmed_at, self.failures, self._last_error = started, 0, None
+            delay = self._interval
+
+    def _failed(self, error: Exception) -> float:
+        """Log and count a failed poll; the delay before the next attempt."""
+        self.failures += 1
+        self._last_error = f"{type(error).__name__}: {error}"
+        self._metrics.poll_failed(error)
+        delay = max(self._interval, min(self._interval * 2.0 ** (self.failures - 1), MAX_BACKOFF))
+        log.warning("revocation poll failed (%d in a row, revocation state unconfirmed for "
+                    "%.1fs), retrying in %gs: %s", self.failures, self.poll_age(), delay,
+                    self._last_error,
+                    exc_info=self.failures == 1 and not isinstance(error, FleetError))
+        return delay
 
     async def poll(self) -> None:
-        """Apply every event since the last poll."""
+        """Apply every event since the last poll. The position moves past an event only
+        once it is applied: one whose handling raises is the first one of the next poll."""
         while events := await self._backend.revocations_after(self._last):
             for event in events:
                 self.apply(event)
@@ -105,14 +166,23 @@ class RevocationWatcher:
             reason = f"device {event.device_id} {event.kind}"
         else:
             return
+        # One whose admission has not started is left to the gate: it asks the registry
+        # after this event was recorded, and refuses with a CONNACK.
+        targets = [c for c in targets if c.admitted_at is not None]
         wills = self._drop(targets, reason, event) if event.kind == "revoked" else 0
         task = asyncio.create_task(self._purge(targets, reason, event, wills))
         self._purges.add(task)
-        task.add_done_callback(self._purges.discard)
+        task.add_done_callback(self._purged)
+
+    def _purged(self, task: asyncio.Task[None]) -> None:
+        self._purges.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("purge after a revocation event failed", exc_info=error)
 
     def _drop(self, connections: list[Connection], reason: str, event: RevocationEvent) -> int:
         """Drop *connections* without their wills; returns how many wills were withheld."""
         wills = 0
+        self._metrics.dropped(event.kind, len(connections))
         for connection in connections:
             session = connection.session
             wills += session is not None and bool(session.will_flag)
@@ -150,8 +220,7 @@ class RevocationWatcher:
             before: list[Connection] = []
             since: list[Connection] = []
             for connection in targets:
-                if connection.admitted_at is None:
-                    continue  # the gate has yet to ask the registry; it reads the new state
+                assert connection.admitted_at is not None
                 predates = suspended and connection.admitted_at < event.created_at
                 (before if predates else since).append(connection)
             wills += self._drop(before, reason, event)

@@ -78,13 +78,16 @@ def start_broker(data_dir: Path, sqlite_authority: Authority) -> Iterator[StartB
     started: list[BrokerThread] = []
 
     def start(*, database_url: str | None = None, superseded_grace: str | None = None,
-              **overrides: str) -> BrokerThread:
+              busy_timeout: str | None = None, **overrides: str) -> BrokerThread:
         env = {f"FLEET_BROKER_{key.upper()}": value for key, value in overrides.items()}
         env.setdefault("FLEET_AUDIT_REFUSAL_INTERVAL", "100ms")  # aggregates show up at once
+        env.setdefault("FLEET_BROKER_METRICS_PORT", "0")  # a test of /metrics picks a port
         if database_url:
             env["FLEET_DATABASE_URL"] = database_url
         if superseded_grace:
             env["FLEET_CERTIFICATES_SUPERSEDED_GRACE"] = superseded_grace
+        if busy_timeout:
+            env["FLEET_DATABASE_BUSY_TIMEOUT"] = busy_timeout
         broker = BrokerThread(load_settings(environ={"FLEET_DATA_DIR": str(data_dir), **env}))
         started.append(broker)
         return broker

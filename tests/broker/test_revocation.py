@@ -16,7 +16,16 @@ from fleet.authority import Authority
 from fleet.registry import utcnow
 
 from .conftest import Enroll, StartBroker, rekey
-from .helpers import BrokerThread, Client, Credentials, audit_events, wait_until
+from .helpers import (
+    BrokerThread,
+    Client,
+    Credentials,
+    audit_events,
+    connect_packet,
+    read_connack,
+    tls_socket,
+    wait_until,
+)
 
 NOT_AUTHORIZED = 5
 
@@ -87,6 +96,21 @@ def test_suspension_lifted_before_the_poll_still_drops_older_connections(
     assert dropped_within(device, 1.0) is not None
     again = connect(credentials)
     assert dropped_within(again, 0.6) is None
+
+
+def test_connection_not_yet_admitted_is_left_to_the_gate_and_refused_with_connack(
+        enroll: Enroll, sqlite_authority: Authority, broker: BrokerThread,
+        sqlite_engine: Engine) -> None:
+    """Revoked between its TLS handshake and its CONNECT: the watcher leaves it to the gate,
+    which asks the registry after the revocation and answers 0x05 (not a silent close)."""
+    credentials = enroll("d1")
+    with tls_socket(broker.port, credentials) as sock:
+        sqlite_authority.revoke_certificate(serial=credentials.serial, reason="keyCompromise",
+                                            actor="operator")
+        assert wait_until(lambda: any(e.serial == credentials.serial
+                                      for e in audit_events(sqlite_engine, "broker.purge")))
+        sock.sendall(connect_packet("d1"))
+        assert read_connack(sock) == NOT_AUTHORIZED
 
 
 def test_revoked_device_will_not_published(enroll: Enroll, sqlite_authority: Authority,

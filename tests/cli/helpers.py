@@ -69,6 +69,7 @@ def write_pem(path: Path, cert: x509.Certificate) -> Path:
 def service_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
     env.update({"FLEET_DATA_DIR": str(data_dir), "FLEET_EST_METRICS_PORT": "0",
+                "FLEET_BROKER_METRICS_PORT": "0",
                 PASSPHRASE_ENV: os.environ[PASSPHRASE_ENV], **extra})
     return env
 

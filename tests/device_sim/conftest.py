@@ -38,6 +38,7 @@ class Fleet:
 def sim_settings(data_dir: Path, sqlite_engine: Engine) -> Settings:
     return load_settings(environ={
         "FLEET_DATA_DIR": str(data_dir), "FLEET_EST_METRICS_PORT": "0",
+        "FLEET_BROKER_METRICS_PORT": "0",
         "FLEET_CERTIFICATES_DEVICE_LIFETIME": "1h",
         "FLEET_BROKER_REVOCATION_POLL_INTERVAL": "100ms"})
 
