@@ -321,6 +321,10 @@ def _validated(s: Settings) -> Settings:
         raise bad("max_queued_bytes", "must be at least broker.max_packet_bytes")
     if s.max_packet_bytes > s.max_retained_bytes:
         raise bad("max_retained_bytes", "must be at least broker.max_packet_bytes")
+    if s.revocation_max_staleness <= s.revocation_poll_interval:
+        raise bad("revocation_max_staleness",
+                  "must be longer than broker.revocation_poll_interval (else the broker "
+                  "refuses new connections between two polls)")
     for label, group in s.est_labels.items():
         if label in RESERVED_LABELS or not DEVICE_ID_PATTERN.fullmatch(label):
             raise bad("est_labels", f"label {label!r} is not allowed")

@@ -171,6 +171,15 @@ def test_bad_environment_value_names_the_key_and_value(variable: str, value: str
         assert value in message, message
 
 
+def test_revocation_max_staleness_must_be_longer_than_the_poll_interval() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"FLEET_BROKER_REVOCATION_MAX_STALENESS": "250ms"})
+    assert info.value.key == "broker.revocation_max_staleness"
+    assert "longer than broker.revocation_poll_interval" in str(info.value)
+    assert load_settings(environ={"FLEET_BROKER_REVOCATION_MAX_STALENESS": "251ms"}) \
+        .revocation_max_staleness.total_seconds() == 0.251
+
+
 @pytest.mark.parametrize(("label"), sorted(RESERVED_LABELS))
 def test_reserved_labels_are_refused_from_the_config_file(tmp_path: Path, label: str) -> None:
     path = write_config(tmp_path, {("est", "labels", label): "g"})
