@@ -57,6 +57,13 @@ def require_tool(name: str) -> str:
     pytest.skip(f"{name} is not installed")
 
 
+@pytest.fixture
+def tool() -> Callable[[str], str]:
+    """``tool("mosquitto")``: require_tool for any test directory (a fixture, because
+    ``import conftest`` names whichever conftest module was imported first)."""
+    return require_tool
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]

@@ -7,10 +7,10 @@ import configparser
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 
 PROJECT = Path(__file__).resolve().parents[1]
 UNITS = sorted((PROJECT / "deploy" / "systemd").glob("*.service"))
@@ -37,9 +37,9 @@ def test_deploy_ships_a_unit_per_service() -> None:
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
-def test_deploy_unit_passes_systemd_analyze_verify_without_warnings(unit: Path,
-                                                                   tmp_path: Path) -> None:
-    analyze = require_tool("systemd-analyze")
+def test_deploy_unit_passes_systemd_analyze_verify_without_warnings(
+        unit: Path, tmp_path: Path, tool: Callable[[str], str]) -> None:
+    analyze = tool("systemd-analyze")
     # The unit names the installed path; verify it against this installation's fleet.
     local = tmp_path / unit.name
     local.write_text(unit.read_text().replace(INSTALLED, str(FLEET)))
@@ -49,9 +49,10 @@ def test_deploy_unit_passes_systemd_analyze_verify_without_warnings(unit: Path,
     assert result.stderr == "", result.stderr
 
 
-def test_deploy_unit_verify_catches_a_bad_key(tmp_path: Path) -> None:
+def test_deploy_unit_verify_catches_a_bad_key(tmp_path: Path,
+                                              tool: Callable[[str], str]) -> None:
     """The check above can fail: a misspelt hardening key is reported."""
-    analyze = require_tool("systemd-analyze")
+    analyze = tool("systemd-analyze")
     local = tmp_path / "fleet-est.service"
     text = UNITS[1].read_text().replace(INSTALLED, str(FLEET))
     local.write_text(text.replace("NoNewPrivileges=yes", "NoNewPrivilege=yes"))

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 from typer.testing import CliRunner
 
 from fleet.acl import load_policy
@@ -40,9 +39,10 @@ def fleet(data_dir: Path, *args: str) -> str:
 
 
 @pytest.fixture
-def started_mosquitto(tmp_path: Path) -> Iterator[Callable[[Path, int], subprocess.Popen[bytes]]]:
+def started_mosquitto(tmp_path: Path, tool: Callable[[str], str]
+                      ) -> Iterator[Callable[[Path, int], subprocess.Popen[bytes]]]:
     processes: list[subprocess.Popen[bytes]] = []
-    binary = require_tool("mosquitto")
+    binary = tool("mosquitto")
 
     def start(conf: Path, port: int) -> subprocess.Popen[bytes]:
         log = (tmp_path / "mosquitto.log").open("wb")
