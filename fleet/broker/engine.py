@@ -1,10 +1,14 @@
 """amqtt's Broker with the session binding, delivery checks and bounds Fleet needs.
 
-What changes against stock amqtt 0.12.1 (S1-S7 are listed in docs/broker-security.md):
+What changes against stock amqtt 0.12.1 (S1-S8 are listed in docs/broker-security.md):
 
 - every session is bound to the live connection that passed the CONNECT gate; a session can
   only be created or resumed by a connection whose certificate identity equals its client id
   (S1, S2, S6), and amqtt's own keep-alive timer is replaced by the connection's (S5);
+- a connection's end is always seen, even when it comes before its reader has started
+  (:class:`Handler`, S8); only a persistent session is resumed, never the clean session of a
+  connection still being torn down (MQTT-3.1.2-6); and a connection whose session a newer one
+  took over leaves that session, its state and its will alone;
 - retained messages go only to the session that subscribed, and only if it may receive the
   topic (S3); every delivery, live or queued for an offline session, passes the RECEIVE check;
 - a message is routed as soon as it is read (no per-session or global queue), delivered at
@@ -53,6 +57,7 @@ from amqtt.contexts import Action
 from amqtt.errors import BrokerError, MQTTError
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.protocol.handler import ProtocolHandler
 from amqtt.session import ApplicationMessage, OutgoingApplicationMessage, Session
 
 from fleet.acl import matches
@@ -107,6 +112,23 @@ class Inbound:
         return False
 
 
+class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped
+    """amqtt's protocol handler for one connection, whose disconnect waiter exists before its
+    reader starts.
+
+    Stock 0.12.1 creates the waiter after starting the reader task. A connection reset in
+    between (it reaches the broker while it writes the CONNACK) ends the reader first: its
+    "connection closed" finds no waiter, and the waiter made afterwards is never resolved,
+    so the connection's task waits for ever and keeps its client id (S8 in
+    docs/broker-security.md). The reader's end now resolves this waiter, or, if it ended
+    even before, leaves none, and ``wait_disconnect`` returns at once.
+    """
+
+    async def start(self) -> None:
+        self._disconnect_waiter = asyncio.get_running_loop().create_future()
+        await ProtocolHandler.start(self)
+
+
 class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     """amqtt Broker fed only by the CONNECT gate (listener type ``external``)."""
 
@@ -134,14 +156,16 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int,
     ) -> tuple[BrokerProtocolHandler, Session]:
-        handler, session = await super()._initialize_client_session(
-            reader, writer, remote_address, remote_port)
+        """Read the CONNECT (the gate's replay) and create or resume the session for it."""
+        handler, incoming = await Handler.init_from_connect(reader, writer,
+                                                            self.plugins_manager)
         handler._pending_subscriptions = Mailbox()
         handler._pending_unsubscriptions = Mailbox()
         connection = writer.connection if isinstance(writer, ConnectionWriter) else None
-        if connection is None or connection.client_id != session.client_id:
+        if connection is None or connection.client_id != incoming.client_id:
             await writer.close()
             raise MQTTError("connection did not pass the CONNECT gate")
+        session = await self._session_for(incoming)
         # The session now belongs to this live connection, never to what a former one left.
         session.ssl_object = writer.get_ssl_info()
         session.remote_address, session.remote_port = remote_address, remote_port
@@ -155,6 +179,31 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         if isinstance(reader, ConnectionReader):
             reader.receiver = self
         return handler, session
+
+    async def _session_for(self, incoming: Session) -> Session:
+        """The stored persistent session of *incoming*'s client id, resumed with the new
+        CONNECT's will (``parent`` 1: CONNACK session present); otherwise *incoming*, with
+        any stored session of that client id discarded.
+
+        A clean session lasts only as long as its connection (MQTT-3.1.2-6): one still stored
+        belongs to a connection not yet torn down, and is never resumed, whatever the new
+        CONNECT asks for (stock amqtt resumed it, clean_session flag and all, so the session
+        was discarded again when the resuming connection ended).
+        """
+        client_id = incoming.client_id
+        stored = self._sessions.get(client_id)
+        if stored is None or incoming.clean_session or stored[0].clean_session:
+            if stored is not None:
+                await self._cleanup_session(client_id)
+            incoming.parent = 0
+            return incoming
+        session: Session = stored[0]
+        session.will_flag, session.will_message = incoming.will_flag, incoming.will_message
+        session.will_topic, session.will_qos = incoming.will_topic, incoming.will_qos
+        session.will_retain = incoming.will_retain
+        session.username, session.password = incoming.username, incoming.password
+        session.parent = 1
+        return session
 
     async def _handle_client_session(self, reader: Any, writer: Any, client_session: Session,
                                      handler: BrokerProtocolHandler, server: Any,
@@ -198,6 +247,18 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             await self._client_message_loop(client_session, handler)
         finally:
             await self._left(client_session, connection)
+
+    async def _handle_disconnect(self, client_session: Session,
+                                 handler: BrokerProtocolHandler,
+                                 disconnect_waiter: asyncio.Future[Any]) -> None:
+        """A connection's end. If a newer connection has taken its session over meanwhile
+        (the gate stopped waiting for this one after ``connect_timeout``), the session, its
+        state and the will it now holds are the newer connection's: this one only stops."""
+        held = self._sessions.get(client_session.client_id)
+        if held is not None and held[0] is client_session and held[1] is not handler:
+            await self._stop_handler(handler)
+        else:
+            await super()._handle_disconnect(client_session, handler, disconnect_waiter)
 
     async def _session_monitor(self) -> None:
         """amqtt's once-a-second scan of every session is not used: :meth:`_left` discards a

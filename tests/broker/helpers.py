@@ -149,7 +149,12 @@ class Client:
         self.connack.put(_connack_code(code))
 
     def connect(self, timeout: float = WAIT) -> int | None:
-        """The CONNACK return code, or None when the connection ended without one."""
+        """The CONNACK return code, or None when the connection ended without one. Called
+        again after a disconnect, a reconnect that keeps paho's in-flight messages."""
+        # The network thread of a lost connection may still be on its way out: left
+        # running, it would read from (and close) the new socket.
+        self.paho.loop_stop()
+        self.disconnected.clear()
         try:
             self.paho.connect("127.0.0.1", self.port, keepalive=self.keepalive)
         except (OSError, ssl.SSLError):
