@@ -44,6 +44,7 @@ class ConfigError(FleetError):
         super().__init__(f"config {key}={value!r}: {reason}", key=key, value=value)
         self.key = key
         self.value = value
+        self.reason = reason
 
 
 class CAError(FleetError):

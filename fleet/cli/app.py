@@ -1,7 +1,8 @@
 """The ``fleet`` command: operators' tool for the CA, the registry and the services.
 
 Every command is thin: policy lives in fleet.authority, fleet.registry and fleet.ca.
-A refusal prints one line ``error: <reason>`` on stderr and exits non-zero:
+A refusal prints one line ``error: <reason>`` on stderr (under ``--json`` a JSON object,
+``{"error": "<reason>", "exit_code": N}``) and exits non-zero:
 
     0  success
     1  refused: the operation does not apply, a check failed, the CA cannot be used
@@ -13,10 +14,12 @@ A refusal prints one line ``error: <reason>`` on stderr and exits non-zero:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.core import TyperGroup
 
 from fleet.cli import (
@@ -56,18 +59,43 @@ def exit_code(error: FleetError) -> int:
 
 
 class FleetGroup(TyperGroup):
-    """The root group: turns Fleet errors from any subcommand into a line and an exit code."""
+    """The root group: turns Fleet errors from any subcommand into a line and an exit code;
+    under ``--json`` into a JSON object, usage errors included."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta[JSON_FLAG] = JSON_FLAG in _command_arguments(args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: Any) -> Any:
+        as_json = bool(ctx.meta.get(JSON_FLAG))
         try:
             return super().invoke(ctx)
         except FleetError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(exit_code(error)) from None
+            fail(str(error), exit_code(error), as_json=as_json)
         except OSError as error:
             where = f": {error.filename}" if error.filename else ""
-            typer.echo(f"error: {error.strerror or error}{where}", err=True)
-            raise typer.Exit(EXIT_REFUSED) from None
+            fail(f"{error.strerror or error}{where}", EXIT_REFUSED, as_json=as_json)
+        except ClickException as error:
+            if not as_json or isinstance(error, NoArgsIsHelpError):
+                raise
+            fail(error.format_message(), error.exit_code, as_json=True)
+
+
+JSON_FLAG = "--json"
+
+
+def _command_arguments(args: list[str]) -> list[str]:
+    """The arguments before ``--`` (after it, ``--json`` would be a value)."""
+    return args[:args.index("--")] if "--" in args else args
+
+
+def fail(message: str, code: int, *, as_json: bool) -> NoReturn:
+    """Report an error on stderr, as ``error: <message>`` or as JSON, and exit with *code*."""
+    if as_json:
+        typer.echo(json.dumps({"error": message, "exit_code": code}), err=True)
+    else:
+        typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
 
 
 app = typer.Typer(

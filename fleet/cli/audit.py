@@ -36,7 +36,8 @@ def audit(
         help="Only events in the last DURATION (e.g. 1h) or after an ISO 8601 time.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="Only this device.")] = None,
     action: Annotated[str | None, typer.Option(
-        "--action", help="Only this action, e.g. enroll, device.revoke, connect.")] = None,
+        "--action", help="Only this action or family: e.g. enroll, reenroll, device.revoke, "
+        "device (every device.* action), broker.connect, token.create.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show audit events, oldest first (``fleet audit verify`` checks the hash chain)."""
@@ -46,12 +47,23 @@ def audit(
     with fleet_of(ctx).session() as session:
         objects = [event_json(row) for row in events_db.list_audit(
             session=session, since=start, device_id=device, action=action)]
+        if action is not None and not objects:
+            _explain_action(action, events_db.recorded_actions(session=session))
     if as_json:
         emit_json(objects)
         return
     table("Audit events", ("at", "action", "outcome", "actor", "device", "serial", "reason"), (
         (o["at"], o["action"], o["outcome"], o["actor"], o["device_id"], o["serial"],
          o["reason"]) for o in objects), wide=("reason",))
+
+
+def _explain_action(action: str, recorded: list[str]) -> None:
+    """A note on stderr when --action names nothing the log holds (a typo, or a name
+    from another tool): the actions it does hold. The output stays an empty list."""
+    if any(name == action or name.startswith(action + ".") for name in recorded):
+        return
+    note(f"note: no audit event has action {action!r} or {action + '.*'!r}; the log holds: "
+         f"{', '.join(recorded) or 'no events'}")
 
 
 @app.command("verify")

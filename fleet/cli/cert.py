@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from sqlmodel import Session
 
 from fleet import pki
 from fleet.cli import params
@@ -16,6 +17,7 @@ from fleet.errors import ConflictError, NotFoundError
 from fleet.files import write_private, write_public
 from fleet.registry import Certificate, CertificateStatus
 from fleet.registry import certificates as certs_db
+from fleet.registry import devices as devices_db
 
 app = command_group("Device and service certificates.")
 
@@ -70,11 +72,23 @@ def list_(
     with fleet.session() as session:
         rows = certs_db.list_certificates(session=session, device_id=device, service=service,
                                           status=status.value if status else None)
+        if not rows:
+            _require_owner(session, device=device, service=service)
         objects = [certificate_json(row, grace=fleet.settings.superseded_grace) for row in rows]
     if as_json:
         emit_json(objects)
     else:
         certificates_table("Certificates", objects)
+
+
+def _require_owner(session: Session, *, device: str | None, service: str | None) -> None:
+    """``--device`` names a registered device (a pending one has no certificates yet) or one
+    that holds certificates; ``--service`` a service that holds certificates."""
+    if device is not None and devices_db.get_device(session=session, device_id=device) is None \
+            and not certs_db.list_certificates(session=session, device_id=device):
+        raise NotFoundError(f"unknown device {device!r}", device_id=device)
+    if service is not None and not certs_db.list_certificates(session=session, service=service):
+        raise NotFoundError(f"unknown service {service!r}", service=service)
 
 
 @app.command("show")
@@ -100,11 +114,20 @@ def show(
 
 
 @app.command("revoke")
-def revoke(ctx: typer.Context, serial: SerialArgument, reason: ReasonOption = None) -> None:
+def revoke(
+    ctx: typer.Context,
+    serial: SerialArgument,
+    reason: ReasonOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the certificate as JSON.")]
+    = False,
+) -> None:
     """Revoke one certificate; it joins the CRL and its live sessions are dropped."""
     fleet = fleet_of(ctx)
     name = params.reason(reason)
     row = fleet.authority.revoke_certificate(serial=serial, reason=name, actor=fleet.actor)
+    if as_json:
+        emit_json(certificate_json(row, grace=fleet.settings.superseded_grace))
+        return
     owner = row.device_id or f"service/{row.service}"
     say(f"revoked certificate {row.serial} of {owner} ({name})")
 

@@ -10,7 +10,7 @@ import typer
 
 from fleet.cli import params
 from fleet.cli.cert import ReasonOption, certificates_table, usable_until
-from fleet.cli.context import fleet_of
+from fleet.cli.context import Fleet, fleet_of
 from fleet.cli.output import command_group, emit_json, fields, iso, say, table
 from fleet.errors import NotFoundError
 from fleet.registry import Certificate, Device, DeviceStatus
@@ -21,6 +21,8 @@ app = command_group("Enrolled (and pre-registered) devices.")
 
 STATUS_REASON_MAX = 64  # the registry column's width
 DeviceArgument = Annotated[str, typer.Argument(metavar="ID", help="Device id.")]
+JsonOption = Annotated[bool, typer.Option(
+    "--json", help="Print the device as `device show --json` does.")]
 
 
 def device_json(row: Device, certificates: Sequence[Certificate] | None = None, *,
@@ -67,28 +69,41 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show a device and its certificates."""
-    fleet = fleet_of(ctx)
-    with fleet.session() as session:
-        row = devices_db.get_device(session=session, device_id=device_id)
-        if row is None:
-            raise NotFoundError(f"unknown device {device_id!r}", device_id=device_id)
-        data = device_json(row, certs_db.list_certificates(session=session, device_id=row.id),
-                           grace=fleet.settings.superseded_grace)
+    data = shown(fleet_of(ctx), device_id)
     if as_json:
         emit_json(data)
         return
     fields(data, keys=("id", "group", "status", "status_reason", "created_at", "updated_at"))
     certificates_table("Certificates", [
-        {**c, "device_id": row.id} for c in data["certificates"]])
+        {**c, "device_id": device_id} for c in data["certificates"]])
+
+
+def shown(fleet: Fleet, device_id: str) -> dict[str, Any]:
+    """``device show --json``: the device and its certificates, as the registry has them now."""
+    with fleet.session() as session:
+        row = devices_db.get_device(session=session, device_id=device_id)
+        if row is None:
+            raise NotFoundError(f"unknown device {device_id!r}", device_id=device_id)
+        return device_json(row, certs_db.list_certificates(session=session, device_id=row.id),
+                           grace=fleet.settings.superseded_grace)
+
+
+def _done(fleet: Fleet, device_id: str, message: str, *, as_json: bool) -> None:
+    """After a change: the device as ``device show --json`` prints it, or *message*."""
+    if as_json:
+        emit_json(shown(fleet, device_id))
+    else:
+        say(message)
 
 
 @app.command("revoke")
-def revoke(ctx: typer.Context, device_id: DeviceArgument, reason: ReasonOption = None) -> None:
+def revoke(ctx: typer.Context, device_id: DeviceArgument, reason: ReasonOption = None,
+           as_json: JsonOption = False) -> None:
     """Revoke a device: all its certificates and unused tokens; it can never enroll again."""
     fleet = fleet_of(ctx)
     name = params.reason(reason)
     fleet.authority.revoke_device(device_id=device_id, reason=name, actor=fleet.actor)
-    say(f"revoked device {device_id} ({name})")
+    _done(fleet, device_id, f"revoked device {device_id} ({name})", as_json=as_json)
 
 
 @app.command("suspend")
@@ -96,6 +111,7 @@ def suspend(
     ctx: typer.Context,
     device_id: DeviceArgument,
     reason: Annotated[str | None, typer.Option("--reason", help="Free-text note.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Suspend a device: it is dropped from the broker until resumed."""
     if reason is not None and len(reason) > STATUS_REASON_MAX:
@@ -103,12 +119,12 @@ def suspend(
                                  param_hint="'--reason'")
     fleet = fleet_of(ctx)
     fleet.authority.suspend_device(device_id=device_id, reason=reason, actor=fleet.actor)
-    say(f"suspended device {device_id}")
+    _done(fleet, device_id, f"suspended device {device_id}", as_json=as_json)
 
 
 @app.command("resume")
-def resume(ctx: typer.Context, device_id: DeviceArgument) -> None:
+def resume(ctx: typer.Context, device_id: DeviceArgument, as_json: JsonOption = False) -> None:
     """Resume a suspended device."""
     fleet = fleet_of(ctx)
     fleet.authority.resume_device(device_id=device_id, actor=fleet.actor)
-    say(f"resumed device {device_id}")
+    _done(fleet, device_id, f"resumed device {device_id}", as_json=as_json)

@@ -1,4 +1,9 @@
-"""``fleet expiring``: certificates still in use that expire soon."""
+"""``fleet expiring``: current certificates that expire soon.
+
+A superseded certificate is left out: it stops being usable at the end of its grace
+(``certificates.superseded_grace``), not at its notAfter, and its device already holds the
+certificate that replaced it.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,6 @@ from fleet.registry import CertificateStatus, utcnow
 from fleet.registry import certificates as certs_db
 
 DEFAULT_WINDOW = timedelta(days=7)
-IN_USE = (CertificateStatus.ACTIVE, CertificateStatus.SUPERSEDED)
 
 
 def expiring(
@@ -25,15 +29,15 @@ def expiring(
         help="Window from now, e.g. 12h, 30d.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Active or superseded certificates that expire within the window, soonest first."""
+    """Active certificates that expire within the window, soonest first."""
     now = utcnow()
     window = within or DEFAULT_WINDOW
     fleet = fleet_of(ctx)
     with fleet.session() as session:
-        rows = certs_db.list_certificates(session=session, expiring_before=now + window)
+        rows = certs_db.list_certificates(session=session, expiring_before=now + window,
+                                          status=CertificateStatus.ACTIVE)
         objects = [certificate_json(row, grace=fleet.settings.superseded_grace)
-                   for row in sorted(rows, key=lambda r: r.not_after)
-                   if row.status in IN_USE and row.not_after > now]
+                   for row in sorted(rows, key=lambda r: r.not_after) if row.not_after > now]
     if as_json:
         emit_json(objects)
     else:

@@ -15,12 +15,11 @@ REASON_HELP = f"RFC 5280 revocation reason: {REASON_LIST}"
 
 
 def duration(text: str) -> timedelta:
-    """``--ttl 24h`` and friends: 250ms, 60s, 15m, 24h, 30d."""
+    """``--ttl 24h`` and friends: 250ms, 60s, 15m, 24h, 30d; zero is refused as such."""
     try:
         return parse_duration(text)
     except ConfigError as exc:
-        raise typer.BadParameter(f"{text!r} is not a duration; write e.g. 60s, 15m, 24h "
-                                 "or 7d") from exc
+        raise typer.BadParameter(f"{text!r}: {exc.reason}") from exc
 
 
 def since(text: str | None, *, now: datetime) -> datetime | None:

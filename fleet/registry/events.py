@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import overload
 
-from sqlalchemy import insert
+from sqlalchemy import insert, or_
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select, update
 
@@ -146,16 +146,26 @@ def list_audit(
     *, session: Session, since: datetime | None = None, device_id: str | None = None,
     action: str | None = None, limit: int | None = None,
 ) -> Sequence[AuditEvent]:
+    """Audit events, oldest first; *action* selects that action and its family (``device``:
+    ``device.revoke``, ``device.suspend``, ...)."""
     statement = select(AuditEvent).order_by(col(AuditEvent.id))
     if since:
         statement = statement.where(AuditEvent.at >= since)
     if device_id:
         statement = statement.where(AuditEvent.device_id == device_id)
     if action:
-        statement = statement.where(AuditEvent.action == action)
+        statement = statement.where(or_(
+            col(AuditEvent.action) == action,
+            col(AuditEvent.action).startswith(action + ".", autoescape=True)))
     if limit:
         statement = statement.limit(limit)
     return session.exec(statement).all()
+
+
+def recorded_actions(*, session: Session) -> list[str]:
+    """Every action the audit log holds, in order."""
+    statement = sa_select(_AUDIT_TABLE.c.action).distinct().order_by(_AUDIT_TABLE.c.action)
+    return list(execute(session, statement).scalars())
 
 
 def record_revocation(

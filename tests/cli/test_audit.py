@@ -51,6 +51,36 @@ def test_audit_filters(fleet: Run, enroll: Enroll) -> None:
     assert "enroll" in fleet.ok("audit").stdout
 
 
+def test_audit_action_selects_a_family(fleet: Run, enroll: Enroll) -> None:
+    enroll("dev-1")
+    enroll("dev-2")
+    fleet.ok("device", "suspend", "dev-1")
+    fleet.ok("device", "revoke", "dev-2", "--reason", "keyCompromise")
+    assert [e["action"] for e in fleet.json("audit", "--action", "device")] == [
+        "device.suspend", "device.revoke"]
+    assert [e["action"] for e in fleet.json("audit", "--action", "device.revoke")] == [
+        "device.revoke"]
+    assert fleet.json("audit", "--action", "dev") == []  # whole names only
+
+
+def test_audit_action_that_matches_nothing_names_the_recorded_actions(
+        fleet: Run, enroll: Enroll) -> None:
+    enroll("dev-1")
+    result = fleet("audit", "--action", "connect", "--json")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == "[]"
+    assert result.stderr == ("note: no audit event has action 'connect' or 'connect.*'; the "
+                             "log holds: enroll, token.create\n")
+    assert fleet("audit", "--action", "enroll").stderr == ""
+
+
+def test_audit_help_names_only_real_actions(fleet: Run) -> None:
+    help_text = " ".join(fleet.ok("audit", "--help").stdout.split())
+    assert "device.revoke" in help_text
+    assert "broker.connect" in help_text
+    assert " connect." not in help_text
+
+
 def test_audit_refused_bad_since(fleet: Run) -> None:
     result = fleet("audit", "--since", "yesterday")
     assert result.exit_code == EXIT_USAGE

@@ -77,6 +77,25 @@ def test_cert_list_json(fleet: Run, enroll: Enroll, tmp_path: Path) -> None:
     assert "service/backend" in fleet.ok("cert", "list").stdout
 
 
+def test_cert_list_refused_unknown_device(fleet: Run, enroll: Enroll) -> None:
+    enroll("dev-1")
+    result = fleet("cert", "list", "--device", "ghost")
+    assert result.exit_code == EXIT_NOT_FOUND
+    assert result.stderr == "error: unknown device 'ghost'\n"
+    assert result.stdout == ""
+
+
+def test_cert_list_of_a_device_without_certificates_is_empty(fleet: Run) -> None:
+    fleet.ok("token", "create", "--group", "sensors", "--device", "dev-9")  # pending
+    assert fleet.json("cert", "list", "--device", "dev-9") == []
+
+
+def test_cert_list_refused_unknown_service(fleet: Run) -> None:
+    result = fleet("cert", "list", "--service", "ghost")
+    assert result.exit_code == EXIT_NOT_FOUND
+    assert result.stderr == "error: unknown service 'ghost'\n"
+
+
 def test_cert_list_status_filter(fleet: Run, enroll: Enroll) -> None:
     enroll("dev-1")
     serial = serial_of(enroll("dev-2").certificate)
@@ -93,6 +112,16 @@ def test_cert_revoke(fleet: Run, enroll: Enroll) -> None:
     assert shown["status"] == "revoked"
     assert shown["revocation_reason"] == "superseded"
     assert fleet.json("device", "show", "dev-1")["status"] == "active"
+
+
+def test_cert_revoke_json(fleet: Run, enroll: Enroll) -> None:
+    serial = serial_of(enroll("dev-1").certificate)
+    revoked = fleet.json("cert", "revoke", serial, "--reason", "keyCompromise")
+    assert set(revoked) >= SHOW_KEYS
+    assert (revoked["serial"], revoked["device_id"], revoked["status"]) == (
+        serial, "dev-1", "revoked")
+    assert revoked["revocation_reason"] == "keyCompromise"
+    assert revoked == fleet.json("cert", "show", serial)
 
 
 def test_cert_revoke_refused_already_revoked(fleet: Run, enroll: Enroll) -> None:

@@ -118,6 +118,20 @@ def test_device_suspend_and_resume(fleet: Run, enroll: Enroll) -> None:
     assert fleet.json("device", "show", "dev-1")["status"] == "active"
 
 
+def test_device_revoke_suspend_resume_json(fleet: Run, enroll: Enroll) -> None:
+    enroll("dev-1")
+    enroll("dev-2")
+    suspended = fleet.json("device", "suspend", "dev-1", "--reason", "maintenance")
+    assert suspended == fleet.json("device", "show", "dev-1")
+    assert (suspended["status"], suspended["status_reason"]) == ("suspended", "maintenance")
+    resumed = fleet.json("device", "resume", "dev-1")
+    assert (resumed["id"], resumed["status"]) == ("dev-1", "active")
+    revoked = fleet.json("device", "revoke", "dev-2", "--reason", "keyCompromise")
+    assert (revoked["status"], revoked["status_reason"]) == ("revoked", "keyCompromise")
+    assert [(c["status"], c["revocation_reason"]) for c in revoked["certificates"]] == [
+        ("revoked", "keyCompromise")]
+
+
 def test_device_suspend_refused_not_active(fleet: Run, enroll: Enroll) -> None:
     enroll("dev-1")
     fleet.ok("device", "suspend", "dev-1")

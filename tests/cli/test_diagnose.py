@@ -53,8 +53,9 @@ def test_diagnose_refused_client_id_mismatch(fleet: Run, enroll: Enroll, tmp_pat
     assert code == EXIT_REFUSED
     assert report["refused_at"] == "client id"
     assert report["connack"].startswith("0x02")
-    assert stderr.startswith("error: the broker would refuse this certificate at the client id")
-    assert len(stderr.splitlines()) == 1
+    error = json.loads(stderr)  # one line: the refusal as JSON, like the report
+    assert error["exit_code"] == EXIT_REFUSED
+    assert error["error"].startswith("the broker would refuse this certificate at the client id")
 
 
 def test_diagnose_refused_revoked_device(fleet: Run, enroll: Enroll, tmp_path: Path) -> None:

@@ -29,19 +29,27 @@ def test_expiring_lists_certificates_in_use_within_the_window(fleet: Run, enroll
     assert "old-1" in fleet.ok("expiring").stdout
 
 
-def test_expiring_includes_superseded(fleet: Run, enroll: Enroll,
-                                      sqlite_authority: Authority) -> None:
-    old = enroll("dev-1", clock=lambda: days_ago(27))
-    # Enrolling again with a token bound to the device supersedes the old certificate.
+def test_expiring_leaves_out_superseded(fleet: Run, enroll: Enroll,
+                                        sqlite_authority: Authority) -> None:
+    enroll("dev-1", clock=lambda: days_ago(27))
+    # Enrolling again with a token bound to the device supersedes the old certificate: it
+    # ends with its grace, and the device holds a new one that expires in 30 days.
     token = sqlite_authority.create_tokens(group="sensors", device_id="dev-1", actor="factory")
     sqlite_authority.enroll(credential=TokenCredential(str(token[0].token)),
                             csr=csr_for("dev-1", pki.generate_private_key()), actor="device")
-    listed = fleet.json("expiring")
-    assert [(c["serial"], c["status"]) for c in listed] == [
-        (format(old.certificate.serial_number, "x"), "superseded")]
+    assert fleet.json("expiring") == []
+    [current] = fleet.json("expiring", "--within", "31d")
+    assert current["status"] == "active"
 
 
 def test_expiring_refused_bad_window(fleet: Run) -> None:
     result = fleet("expiring", "--within", "a week")
     assert result.exit_code == EXIT_USAGE
     assert "Invalid value for '--within'" in result.stderr
+
+
+def test_expiring_refused_zero_window_says_it_must_be_positive(fleet: Run) -> None:
+    result = fleet("expiring", "--within", "0s")
+    assert result.exit_code == EXIT_USAGE
+    assert "'0s': must be greater than zero" in result.stderr
+    assert "not a duration" not in result.stderr

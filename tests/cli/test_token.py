@@ -80,6 +80,15 @@ def test_token_create_refused_bad_ttl(fleet: Run) -> None:
     assert fleet.json("token", "list") == []
 
 
+@pytest.mark.parametrize("ttl", ["0s", "0", "0ms", "0d"])
+def test_token_create_refused_zero_ttl_says_it_must_be_positive(fleet: Run, ttl: str) -> None:
+    result = fleet("token", "create", "--group", "sensors", "--ttl", ttl)
+    assert result.exit_code == EXIT_USAGE
+    assert f"Invalid value for '--ttl': {ttl!r}: must be greater than zero" in result.stderr
+    assert "not a duration" not in result.stderr
+    assert fleet.json("token", "list") == []
+
+
 def test_token_create_refused_zero_count(fleet: Run) -> None:
     result = fleet("token", "create", "--group", "sensors", "--count", "0")
     assert result.exit_code == EXIT_USAGE
