@@ -1,4 +1,9 @@
-"""One settings object: config/fleet.toml, overridden by FLEET_* variables, then by flags."""
+"""One settings object: a config file, overridden by FLEET_* variables, then by flags.
+
+The config file is --config or FLEET_CONFIG; without either, the one shipped in the package
+(fleet/config/fleet.toml, found with importlib.resources; config/ in the repository links to
+it). A relative ``broker.acl_file`` in a config file is relative to that file.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +21,8 @@ from fleet.errors import ConfigError
 from fleet.pki.identity import DEVICE_ID_PATTERN, TRUST_DOMAIN_PATTERN
 from fleet.pki.keys import KEY_TYPES
 
-PROJECT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
-DEFAULT_CONFIG = PROJECT_CONFIG_DIR / "fleet.toml"
+DEFAULT_CONFIG = Path(str(resources.files("fleet").joinpath("config", "fleet.toml")))
+"""The configuration shipped in the package (installed as package data)."""
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -280,8 +286,8 @@ def load_settings(
         else:
             raise ConfigError(dotted, None, f"missing from {path}")
     acl = values["acl_file"]
-    if not acl.is_absolute():
-        values["acl_file"] = path.resolve().parent / acl
+    if not acl.is_absolute() and env_name("broker", "acl_file") not in env:
+        values["acl_file"] = path.resolve().parent / acl  # relative to the file it came from
     return _validated(Settings(config_file=path, **values))
 
 

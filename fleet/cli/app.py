@@ -22,6 +22,7 @@ import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.core import TyperGroup
 
+from fleet import __version__
 from fleet.cli import (
     audit,
     backup,
@@ -105,6 +106,12 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"fleet {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
@@ -112,8 +119,11 @@ def root(
         "--data-dir", envvar="FLEET_DATA_DIR", show_default="./fleet-data",
         help="Directory holding the CA, server certificate and SQLite registry.")] = None,
     config: Annotated[Path | None, typer.Option(
-        "--config", envvar="FLEET_CONFIG", show_default="config/fleet.toml",
+        "--config", envvar="FLEET_CONFIG", show_default="the one shipped with Fleet",
         help="Configuration file (TOML).")] = None,
+    _version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, expose_value=False, callback=_print_version,
+        help="Print Fleet's version and exit.")] = False,
 ) -> None:
     """Fleet operator CLI."""
     fleet = Fleet(config_file=config, data_dir=data_dir)
