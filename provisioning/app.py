@@ -84,7 +84,7 @@ class EstService:
         # Built once: the CA chain and the CSR attributes do not change while running.
         self.cacerts_body = wire.certs_only_body(list(authority.ca.chain))
         self.csrattrs_body = wire.encode_body(wire.csr_attributes())
-        self._crl: tuple[x509.CertificateRevocationList, bytes] | None = None
+        self._crl: dict[int | None, tuple[x509.CertificateRevocationList, bytes]] = {}
 
     async def call(self, function: Callable[..., T], /, *args: object, **kwargs: object) -> T:
         """Run a blocking registry call in the bounded thread pool."""
@@ -105,7 +105,8 @@ class EstService:
         for operation, (method, handler) in handlers.items():
             for prefix in (EST_ROOT, EST_ROOT + "/{label}"):
                 table.append(web.route(method, f"{prefix}/{operation}", handler))
-        table += [web.get("/crl", self.crl), web.get("/healthz", self.healthz)]
+        table += [web.get("/crl", self.crl), web.get("/crl/{number:[1-9][0-9]{0,8}}", self.crl),
+                  web.get("/healthz", self.healthz)]
         return table
 
     def group_of(self, request: web.Request) -> str | None:
@@ -128,14 +129,17 @@ class EstService:
         self.group_of(request)
         return web.Response(body=self.csrattrs_body, headers=wire.base64_headers(wire.CSRATTRS))
 
-    async def crl(self, _request: web.Request) -> web.Response:
+    async def crl(self, request: web.Request) -> web.Response:
+        """``/crl/<n>``: the CRL of issuing CA n, the distribution point its certificates
+        name; ``/crl``: of the oldest issuing CA in use (fleet.authority.crl)."""
+        number = int(request.match_info["number"]) if "number" in request.match_info else None
         try:
-            current = await self.call(self.authority.current_crl)
+            current = await self.call(self.authority.current_crl, number)
         except FleetError as error:
             return self._refused("crl", error)
-        cached = self._crl
+        cached = self._crl.get(number)
         if cached is None or cached[0] is not current:
-            cached = self._crl = (current, current.public_bytes(Encoding.DER))
+            cached = self._crl[number] = (current, current.public_bytes(Encoding.DER))
         return web.Response(body=cached[1], headers={"Content-Type": wire.PKIX_CRL})
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -297,6 +301,8 @@ def _source(request: web.Request) -> tuple[str, str]:
 
 
 def _operation(path: str) -> str:
+    if path.startswith("/crl/"):
+        return "crl"
     last = path.rstrip("/").rsplit("/", 1)[-1]
     return last if last in (*OPERATIONS, "crl", "healthz") else "other"
 

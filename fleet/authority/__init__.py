@@ -16,8 +16,9 @@ from fleet.authority.admission import (
     Stage,
 )
 from fleet.authority.core import Issued, serial_hex
-from fleet.authority.crl import CrlPolicy
+from fleet.authority.crl import CrlPolicy, SignedCrl
 from fleet.authority.enrollment import EnrollmentPolicy, TokenCredential
+from fleet.authority.issuers import IssuingPolicy, IssuingStatus, Retirement
 from fleet.authority.lifecycle import LifecyclePolicy
 from fleet.authority.renewal import RenewalPolicy
 from fleet.authority.tokens import MAX_TOKENS_PER_CALL, IssuedToken, TokenPolicy
@@ -32,12 +33,16 @@ __all__ = [
     "Decision",
     "Issued",
     "IssuedToken",
+    "IssuingStatus",
     "Result",
+    "Retirement",
+    "SignedCrl",
     "Stage",
     "TokenCredential",
     "serial_hex",
 ]
 
 
-class Authority(TokenPolicy, EnrollmentPolicy, RenewalPolicy, LifecyclePolicy, CrlPolicy):
+class Authority(TokenPolicy, EnrollmentPolicy, RenewalPolicy, LifecyclePolicy, CrlPolicy,
+                IssuingPolicy):
     """Fleet's CA policy over one registry database."""

@@ -9,6 +9,10 @@ handshake (and, should it fail only after the handshake, CONNACK 0x05); a CONNEC
 answers with its CONNACK return code, except that an unreachable registry is always 0x03
 (server unavailable).
 
+The issuer check accepts any issuing CA in use: the active one and those in their overlap
+after a rotation (``fleet.ca.Trust.issuers``), never a retired one, even when the client
+sends the retired CA's certificate along with its own.
+
 Revocation state: a broker that has not confirmed it (no successful poll of the revocation
 events) for longer than ``broker.revocation_max_staleness`` fails closed and refuses new
 connections with 0x03 until a poll succeeds, before asking the registry anything.
@@ -181,7 +185,7 @@ class Decision:
 
 
 def _issuer(authority: AdmissionPolicy, c: Candidate) -> str:
-    problem = pki.issuer_problem(c.certificate, authority.trust.issuing,
+    problem = pki.issuer_problem(c.certificate, authority.trust.issuer_certificates,
                                  signature_verified=c.chain_verified)
     if problem is not None:
         raise CertificateNotActiveError(problem[1], serial=c.serial, verdict=problem[0].value)

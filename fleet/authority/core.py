@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -17,7 +18,7 @@ from sqlmodel import Session
 
 from fleet import pki
 from fleet.audit import Aggregate, RefusalDigest
-from fleet.ca import CA, Trust, load_ca
+from fleet.ca import CA, Trust, crl_path, load_ca
 from fleet.errors import (
     CertificateNotActiveError,
     ConflictError,
@@ -34,6 +35,9 @@ from fleet.registry.engine import unavailable_as_error, write_session
 from fleet.registry.models import Certificate, CertificateStatus, Device, DeviceStatus, utcnow
 from fleet.settings import Settings
 from fleet.tokens import claimed_token_id
+
+if TYPE_CHECKING:
+    from fleet.authority.crl import SignedCrl
 
 SERIAL_PATTERN = re.compile(r"[0-9a-f]{1,40}")
 
@@ -68,7 +72,7 @@ class AuthorityCore:
         self._trust = trust or ca
         self.clock = clock
         self._crl_lock = threading.Lock()
-        self._crl_cache: tuple[int, datetime, x509.CertificateRevocationList] | None = None
+        self._crl_cache: tuple[int, datetime, tuple[SignedCrl, ...]] | None = None
 
     @property
     def ca(self) -> CA:
@@ -165,6 +169,7 @@ class AuthorityCore:
             identity, trust_domain=self.settings.trust_domain, lifetime=lifetime,
             organization=self.settings.organization or None,
             public_base_url=self.settings.public_base_url or None,
+            crl_path=crl_path(self.ca.number),
         )
         return pki.issue_certificate(profile=profile, public_key=public_key,
                                      issuer_key=self.ca.issuing_key, issuer=self.ca.issuing,
@@ -178,6 +183,7 @@ class AuthorityCore:
             service=identity.name if identity.kind == "service" else None,
             fingerprint_sha256=pki.fingerprint_sha256(cert),
             spki_sha256=pki.spki_sha256(cert.public_key()),
+            authority_key_id=pki.authority_key_id(cert),
             not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
             status=CertificateStatus.ACTIVE, issued_at=now, replaces=replaces,
             pem=pki.certificate_pem(cert),

@@ -30,7 +30,8 @@ class RenewalPolicy(AuthorityCore):
         serial = serial_hex(client_certificate.serial_number)
         with self._audited("reenroll", actor=actor, serial=serial) as session:
             now = self.clock()
-            verdict = pki.verify_leaf(client_certificate, issuer=self.trust.issuing,
+            verdict = pki.verify_leaf(client_certificate,
+                                      issuers=self.trust.issuer_certificates,
                                       trust_domain=self.settings.trust_domain, now=now)
             if not verdict.ok or verdict.identity is None:
                 raise CertificateNotActiveError(f"client certificate refused: {verdict.detail}",

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from cryptography.hazmat.primitives import serialization
 from sqlmodel import col, select
 
-from fleet import acl
+from fleet import acl, pki
 from fleet.ca import Paths
 from fleet.cli.context import fleet_of
 from fleet.cli.output import note, say
@@ -68,7 +67,8 @@ def mosquitto(
         services = set(session.exec(select(Certificate.service).where(
             col(Certificate.service).is_not(None),
             Certificate.status == CertificateStatus.ACTIVE)).all())
-    crl = fleet.authority.current_crl().public_bytes(serialization.Encoding.PEM)
+    # One PEM block per issuing CA in use: Mosquitto (OpenSSL) reads them all.
+    crl = pki.crls_pem(signed.crl for signed in fleet.authority.current_crls())
     listener = mosquitto_config.Listener(
         host=host, port=port, cafile=directory / "ca.pem", certfile=directory / "server.pem",
         keyfile=directory / "server.key", crlfile=directory / "crl.pem",

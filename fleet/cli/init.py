@@ -11,7 +11,14 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy.engine import make_url
 
-from fleet.ca import CA, PASSPHRASE_ENV, Paths, ensure_server_certificate, init_ca
+from fleet.ca import (
+    CA,
+    PASSPHRASE_ENV,
+    Paths,
+    check_root_key_target,
+    ensure_server_certificate,
+    init_ca,
+)
 from fleet.checkpoints import ensure_key
 from fleet.cli.context import Fleet, fleet_of
 from fleet.cli.output import emit_json, say
@@ -101,15 +108,27 @@ def init(
     hostname: Annotated[list[str] | None, typer.Option(
         "--hostname", help="DNS name or IP address for the server certificate (repeatable).",
         show_default="config")] = None,
+    export_root_key: Annotated[Path | None, typer.Option(
+        "--export-root-key", metavar="FILE", dir_okay=False,
+        help="Move the root CA key to FILE (outside the data dir) to keep it offline; "
+        "`fleet ca rotate-issuing --root-key FILE` needs it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create the CA, the server certificate and the registry (idempotent)."""
     fleet = fleet_of(ctx)
     if hostname:
         fleet.override(hostnames=tuple(hostname))
+    if export_root_key is not None:  # refused before anything is created
+        check_root_key_target(fleet.settings, export_root_key)
     report = initialize(fleet)
+    if export_root_key is not None:
+        fleet.authority.export_root_key(actor=fleet.actor, out=export_root_key, remove=True)
     if as_json:
-        emit_json(report.as_json())
+        exported = {"root_key_exported_to": str(export_root_key)} if export_root_key else {}
+        emit_json({**report.as_json(), **exported})
         return
     for line in report.lines():
         say(line)
+    if export_root_key is not None:
+        say(f"moved the root CA key to {export_root_key}: keep it (and the CA passphrase) "
+            "offline; the data dir holds no copy")

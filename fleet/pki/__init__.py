@@ -3,7 +3,7 @@
 Nothing here reads files, opens sockets or reads the clock: ``now`` is always a parameter.
 """
 
-from fleet.pki.crl import REASON_CODES, RevokedEntry, build_crl, check_reason
+from fleet.pki.crl import REASON_CODES, RevokedEntry, build_crl, check_reason, crls_pem
 from fleet.pki.csr import (
     CSRRequest,
     check_requested_identity,
@@ -35,10 +35,12 @@ from fleet.pki.profiles import Profile, ca_profile, identity_profile, server_pro
 from fleet.pki.verify import (
     Reason,
     Verdict,
+    authority_key_id,
     certificate_pem,
     end_entity,
     fingerprint_sha256,
     issuer_problem,
+    key_identifier,
     load_certificate,
     load_certificates,
     spki_sha256,
@@ -49,12 +51,13 @@ from fleet.pki.verify import (
 
 __all__ = [
     "DEVICE_ID_PATTERN", "KEY_TYPES", "REASON_CODES", "CSRRequest", "Identity", "KeyType",
-    "PrivateKey", "Profile", "Reason", "RevokedEntry", "Verdict", "build_crl", "ca_profile",
-    "certificate_pem", "certs_only", "check_device_id", "check_group_name", "check_key_policy",
-    "check_reason", "check_requested_identity", "check_service_name", "decode_base64",
-    "end_entity", "fingerprint_sha256", "generate_private_key", "identity_from_certificate",
-    "identity_profile", "inspect_csr", "issue_certificate", "issuer_problem", "load_certificate",
-    "load_certificates", "load_certs_only", "load_csr", "load_private_key_pem", "private_key_pem",
-    "same_subject_and_san", "server_profile", "spki_sha256", "usage_problem", "validity_problem",
-    "verify_leaf",
+    "PrivateKey", "Profile", "Reason", "RevokedEntry", "Verdict", "authority_key_id",
+    "build_crl", "ca_profile", "certificate_pem", "certs_only", "check_device_id",
+    "check_group_name", "check_key_policy", "check_reason", "check_requested_identity",
+    "check_service_name", "crls_pem", "decode_base64", "end_entity", "fingerprint_sha256",
+    "generate_private_key", "identity_from_certificate", "identity_profile", "inspect_csr",
+    "issue_certificate", "issuer_problem", "key_identifier", "load_certificate",
+    "load_certificates", "load_certs_only", "load_csr", "load_private_key_pem",
+    "private_key_pem", "same_subject_and_san", "server_profile", "spki_sha256",
+    "usage_problem", "validity_problem", "verify_leaf",
 ]

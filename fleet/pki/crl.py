@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from fleet.errors import PKIError
 from fleet.pki.issue import signature_hash
@@ -78,3 +79,8 @@ def build_crl(
             )
         builder = builder.add_revoked_certificate(revoked_cert.build())
     return builder.sign(issuer_key, signature_hash(issuer_key))
+
+
+def crls_pem(crls: Iterable[x509.CertificateRevocationList]) -> bytes:
+    """Several CRLs as one PEM file, one block each (what OpenSSL's CRL files hold)."""
+    return b"".join(crl.public_bytes(serialization.Encoding.PEM) for crl in crls)

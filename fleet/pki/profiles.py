@@ -46,8 +46,10 @@ def identity_profile(
     lifetime: timedelta,
     organization: str | None = None,
     public_base_url: str | None = None,
+    crl_path: str = "/crl",
 ) -> Profile:
-    """Device or service leaf: CN=name, SPIFFE URI SAN, clientAuth only."""
+    """Device or service leaf: CN=name, SPIFFE URI SAN, clientAuth only; with a public base
+    URL, the CRL distribution point is *crl_path* under it (its issuing CA's CRL)."""
     base = public_base_url.rstrip("/") if public_base_url else None
     return Profile(
         subject=_name(identity.name, organization),
@@ -56,7 +58,7 @@ def identity_profile(
         subject_alternative_names=(
             x509.UniformResourceIdentifier(identity.spiffe_uri(trust_domain)),
         ),
-        crl_url=f"{base}/crl" if base else None,
+        crl_url=f"{base}{crl_path}" if base else None,
         ca_issuers_url=f"{base}/.well-known/est/cacerts" if base else None,
     )
 

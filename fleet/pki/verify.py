@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
 def verify_leaf(
     data: bytes | x509.Certificate,
     *,
-    issuer: x509.Certificate,
+    issuers: Sequence[x509.Certificate],
     trust_domain: str,
     now: datetime,
     revoked_serials: Collection[int] = (),
@@ -87,15 +88,16 @@ def verify_leaf(
 ) -> Verdict:
     """Check issuer, signature, validity, revocation, clientAuth usage and identity in turn.
 
-    With *signature_verified* the caller vouches that the TLS handshake has already checked
-    the chain to *issuer* (the broker's CERT_REQUIRED listener): the signature is not
-    verified a second time; everything else still is.
+    *issuers* are the issuing CAs in use (more than one while a rotation overlaps). With
+    *signature_verified* the caller vouches that the TLS handshake has already checked the
+    chain to one of them (the broker's CERT_REQUIRED listener): the signature is not verified
+    a second time; everything else still is.
     """
     try:
         cert = data if isinstance(data, x509.Certificate) else load_certificate(data)
     except ValueError as exc:
         return Verdict(Reason.MALFORMED, f"not a certificate: {exc}")
-    problem = (issuer_problem(cert, issuer, signature_verified=signature_verified)
+    problem = (issuer_problem(cert, issuers, signature_verified=signature_verified)
                or validity_problem(cert, now))
     if problem is not None:
         return Verdict(*problem)
@@ -114,20 +116,53 @@ def verify_leaf(
     return Verdict(Reason.OK, f"valid certificate for {identity}", identity)
 
 
-def issuer_problem(cert: x509.Certificate, issuer: x509.Certificate, *,
+def issuer_problem(cert: x509.Certificate, issuers: Sequence[x509.Certificate], *,
                    signature_verified: bool = False) -> tuple[Reason, str] | None:
-    """Why *cert* was not issued by *issuer* (name and signature), or None."""
-    if cert.issuer != issuer.subject:
+    """Why *cert* was not issued by one of *issuers* (name, key identifier and signature),
+    or None."""
+    named = [issuer for issuer in issuers if issuer.subject == cert.issuer]
+    if not named:
+        expected = " or ".join(issuer.subject.rfc4514_string() for issuer in issuers)
         return Reason.UNKNOWN_ISSUER, (f"issued by {cert.issuer.rfc4514_string()}, "
-                                       f"not by {issuer.subject.rfc4514_string()}")
+                                       f"not by {expected or 'a fleet issuing CA'}")
     if signature_verified:
         return None
+    # RFC 5280 4.2.1.1: the authority key identifier tells apart CAs of the same name.
+    wanted = authority_key_id(cert)
+    keyed = [issuer for issuer in named if wanted in _key_ids(issuer)]
+    error: Exception | None = None
+    for issuer in keyed or named:
+        try:
+            cert.verify_directly_issued_by(issuer)
+        except (InvalidSignature, ValueError, TypeError) as exc:
+            error = exc
+        else:
+            return None
+    return Reason.UNKNOWN_ISSUER, (f"signature does not verify with the fleet CA: "
+                                   f"{error or 'invalid signature'}")
+
+
+def authority_key_id(cert: x509.Certificate) -> str | None:
+    """The key identifier of *cert*'s authority key identifier extension (hex), if any."""
     try:
-        cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError) as exc:
-        return Reason.UNKNOWN_ISSUER, (f"signature does not verify with the fleet CA: "
-                                       f"{exc or 'invalid signature'}")
-    return None
+        value = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return None
+    return value.key_identifier.hex() if value.key_identifier is not None else None
+
+
+def key_identifier(public_key: CertificatePublicKeyTypes) -> str:
+    """The key identifier Fleet writes into the certificates a CA with *public_key* issues
+    (RFC 5280 4.2.1.2 method 1, SHA-1 of the subjectPublicKey), hex."""
+    return x509.SubjectKeyIdentifier.from_public_key(public_key).digest.hex()
+
+
+def _key_ids(ca: x509.Certificate) -> set[str]:
+    ids = {key_identifier(ca.public_key())}
+    with contextlib.suppress(x509.ExtensionNotFound):
+        ids.add(ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+                .digest.hex())
+    return ids
 
 
 def validity_problem(cert: x509.Certificate, now: datetime) -> tuple[Reason, str] | None:

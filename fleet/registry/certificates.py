@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, insert
+from sqlalchemy import Row, and_, bindparam, func, insert, or_
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select, update
 
@@ -132,23 +132,61 @@ def key_compromised(*, session: Session, spki_sha256: str) -> bool:
     return session.exec(statement).first() is not None
 
 
-def revoked_certificates(*, session: Session, now: datetime) -> Sequence[Certificate]:
-    """Revoked certificates that have not expired yet."""
+def revoked_certificates(*, session: Session, now: datetime,
+                         authority_key_id: str | None = None) -> Sequence[Certificate]:
+    """Revoked certificates that have not expired yet (of one issuing CA when
+    *authority_key_id* is given)."""
     statement = select(Certificate).where(
         Certificate.status == CertificateStatus.REVOKED, Certificate.not_after > now
     ).order_by(col(Certificate.revoked_at))
+    if authority_key_id is not None:
+        statement = statement.where(Certificate.authority_key_id == authority_key_id)
     return session.exec(statement).all()
 
 
-def superseded_since(*, session: Session, now: datetime,
-                     before: datetime | None = None) -> Sequence[Certificate]:
+def superseded_since(*, session: Session, now: datetime, before: datetime | None = None,
+                     authority_key_id: str | None = None) -> Sequence[Certificate]:
     """Superseded certificates that have not expired yet, superseded before *before* when
-    given (past their grace), oldest supersession first."""
+    given (past their grace), oldest supersession first (of one issuing CA when
+    *authority_key_id* is given)."""
     statement = select(Certificate).where(
         Certificate.status == CertificateStatus.SUPERSEDED, Certificate.not_after > now)
     if before is not None:
         statement = statement.where(col(Certificate.superseded_at) <= before)
+    if authority_key_id is not None:
+        statement = statement.where(Certificate.authority_key_id == authority_key_id)
     return session.exec(statement.order_by(col(Certificate.superseded_at))).all()
+
+
+def _usable(authority_key_id: str, now: datetime, superseded_after: datetime) -> Any:
+    """Certificates of one issuing CA still usable at *now*: unexpired and active, or
+    superseded after *superseded_after* (still in their grace)."""
+    return and_(
+        _TABLE.c.authority_key_id == authority_key_id, _TABLE.c.not_after > now,
+        or_(_TABLE.c.status == CertificateStatus.ACTIVE.value,
+            and_(_TABLE.c.status == CertificateStatus.SUPERSEDED.value,
+                 _TABLE.c.superseded_at > superseded_after)))
+
+
+def usable_summary(*, session: Session, authority_key_id: str, now: datetime,
+                   superseded_after: datetime) -> tuple[int, datetime | None]:
+    """How many certificates of one issuing CA are still usable, and when the last of them
+    expires (see _usable)."""
+    statement = sa_select(func.count().label("count"),
+                          func.max(_TABLE.c.not_after).label("last")).where(
+        _usable(authority_key_id, now, superseded_after))
+    row = execute(session, statement).mappings().one()
+    return int(row["count"]), row["last"]
+
+
+def usable_issued_by(*, session: Session, authority_key_id: str, now: datetime,
+                     superseded_after: datetime) -> list[tuple[str, str | None]]:
+    """(serial, device_id) of every certificate of one issuing CA still usable (see
+    _usable)."""
+    statement = sa_select(_TABLE.c.serial, _TABLE.c.device_id).where(
+        _usable(authority_key_id, now, superseded_after)).order_by(_TABLE.c.serial)
+    return [(row["serial"], row["device_id"])
+            for row in execute(session, statement).mappings()]
 
 
 def next_supersession_cutoff(*, session: Session, now: datetime,

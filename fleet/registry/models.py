@@ -73,6 +73,8 @@ class Certificate(SQLModel, table=True):
     service: str | None = Field(default=None, index=True, max_length=64)
     fingerprint_sha256: str = Field(unique=True, max_length=64)
     spki_sha256: str | None = Field(default=None, index=True, max_length=64)
+    authority_key_id: str | None = Field(default=None, index=True, max_length=64)
+    """The key identifier of the issuing CA that signed it (see fleet.ca.Issuing.key_id)."""
     not_before: datetime = _time()
     not_after: datetime = _time(index=True)
     status: str = Field(default=CertificateStatus.ACTIVE, index=True, max_length=16)

@@ -50,7 +50,7 @@ def test_enroll_creates_an_active_device_and_records_the_certificate(fleet: Flee
     assert stored.not_after == fleet.clock.now + timedelta(days=30)
     assert stored.not_before == fleet.clock.now - timedelta(minutes=5)
 
-    verdict = pki.verify_leaf(cert, issuer=fleet.authority.ca.issuing,
+    verdict = pki.verify_leaf(cert, issuers=[fleet.authority.ca.issuing],
                               trust_domain="fleet.local", now=fleet.clock.now)
     assert verdict.ok
     assert verdict.identity == Identity("device", "dev-1")

@@ -17,7 +17,7 @@ CERT_KEYS = {"subject", "serial", "fingerprint_sha256", "not_before", "not_after
 
 def test_ca_show_json(fleet: Run) -> None:
     shown = fleet.json("ca", "show")
-    assert set(shown) == {"root", "issuing", "chain"}
+    assert set(shown) == {"root", "issuing", "issuing_cas", "root_key", "chain"}
     root = x509.load_pem_x509_certificate((fleet.data_dir / "ca/root.pem").read_bytes())
     assert set(shown["root"]) == CERT_KEYS
     assert set(shown["issuing"]) == CERT_KEYS
@@ -26,6 +26,11 @@ def test_ca_show_json(fleet: Run) -> None:
     assert shown["issuing"]["subject"] == "CN=Fleet Issuing CA,O=Fleet"
     assert shown["issuing"]["key_type"] == "EC P-256"
     assert shown["root"]["not_after"].endswith("Z")
+    [only] = shown["issuing_cas"]
+    assert (only["number"], only["state"], only["crl"]) == (1, "active", "/crl")
+    assert only["fingerprint_sha256"] == shown["issuing"]["fingerprint_sha256"]
+    assert only["usable_certificates"] == 0
+    assert shown["root_key"] == "data dir"
 
 
 def test_ca_show_table(fleet: Run) -> None:

@@ -24,7 +24,8 @@ LIFETIME = timedelta(days=30)
 
 
 def verify(cert: x509.Certificate | bytes, **kwargs: object) -> pki.Verdict:
-    options: dict[str, object] = {"issuer": CA.issuing, "trust_domain": TRUST_DOMAIN, "now": NOW}
+    options: dict[str, object] = {"issuers": [CA.issuing], "trust_domain": TRUST_DOMAIN,
+                                  "now": NOW}
     options.update(kwargs)
     return pki.verify_leaf(cert, **options)  # type: ignore[arg-type]
 

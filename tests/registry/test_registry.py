@@ -63,7 +63,7 @@ def test_migrations_apply_twice(engine: Engine) -> None:
     assert set(inspect(engine).get_table_names()) >= TABLES
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0004",)]
+            ("0005",)]
         assert connection.execute(text("SELECT id, crl_number FROM crl_state")).all() == [(1, 0)]
 
 
