@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from fleet.errors import CAError
+from fleet.files import private_dir
 from fleet.settings import Settings
 
 KEY_NAME = "audit.key"
@@ -45,10 +46,10 @@ def ensure_key(settings: Settings) -> bytes:
 
 
 def create_private(path: Path, data: bytes) -> None:
-    """Create *path* holding *data* (0600) unless it exists; of concurrent creators the
-    first wins. The file is made complete aside and then linked in place, so no reader ever
-    sees it empty or half written."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create *path* holding *data* (0600, a missing directory 0700) unless it exists; of
+    concurrent creators the first wins. The file is made complete aside and then linked in
+    place, so no reader ever sees it empty or half written."""
+    private_dir(path.parent)
     # mkstemp makes the file 0600 whatever the umask.
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

@@ -60,6 +60,7 @@ def test_checkpoint_skipped_while_the_head_has_not_moved(authority: Authority) -
     assert [json.loads(line)["mac"] for line in lines[1:]] == [first.mac, second.mac]
 
 
+@pytest.mark.usefixtures("umask_022")
 def test_key_and_file_made_0600_on_first_use(sqlite_authority: Authority) -> None:
     """A data dir made before checkpoints existed, without the key."""
     settings = sqlite_authority.settings
@@ -75,14 +76,17 @@ def test_key_and_file_made_0600_on_first_use(sqlite_authority: Authority) -> Non
     assert sorted(p.name for p in settings.ca_dir.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.usefixtures("umask_022")
 def test_key_file_setting_puts_the_key_elsewhere(tmp_path: Path,
                                                 sqlite_authority: Authority) -> None:
-    elsewhere = tmp_path / "secrets" / "fleet-audit.key"
+    elsewhere = tmp_path / "secrets" / "audit" / "fleet-audit.key"
     settings = sqlite_authority.settings.with_overrides(audit_checkpoint_key_file=elsewhere)
     mint(sqlite_authority)
     writer = CheckpointWriter(settings=settings, engine=sqlite_authority.engine, role="test")
     assert writer.write() is not None
     assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o600
+    for directory in (elsewhere.parent, elsewhere.parent.parent):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
     assert load_key(settings) != load_key(sqlite_authority.settings)  # not the one in ca/
     with Session(sqlite_authority.engine) as session:
         assert verify(settings=settings, session=session).ok
