@@ -31,7 +31,13 @@ from fleet.pki.keys import (
     private_key_pem,
 )
 from fleet.pki.pkcs7 import certs_only, load_certs_only
-from fleet.pki.profiles import Profile, ca_profile, identity_profile, server_profile
+from fleet.pki.profiles import (
+    Profile,
+    ca_profile,
+    identity_profile,
+    ocsp_responder_profile,
+    server_profile,
+)
 from fleet.pki.verify import (
     Reason,
     Verdict,
@@ -58,6 +64,6 @@ __all__ = [
     "generate_private_key", "identity_from_certificate", "identity_profile", "inspect_csr",
     "issue_certificate", "issuer_problem", "key_identifier", "load_certificate",
     "load_certificates", "load_certs_only", "load_csr", "load_private_key_pem",
-    "private_key_pem", "same_subject_and_san", "server_profile", "spki_sha256",
-    "usage_problem", "validity_problem", "verify_leaf",
+    "ocsp_responder_profile", "private_key_pem", "same_subject_and_san", "server_profile",
+    "spki_sha256", "usage_problem", "validity_problem", "verify_leaf",
 ]

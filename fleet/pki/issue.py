@@ -70,12 +70,17 @@ def issue_certificate(
             relative_name=None, reasons=None, crl_issuer=None,
         )
         builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
-    if profile.ca_issuers_url:
-        access = x509.AccessDescription(
-            x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
-            x509.UniformResourceIdentifier(profile.ca_issuers_url),
-        )
-        builder = builder.add_extension(x509.AuthorityInformationAccess([access]), critical=False)
+    access = [
+        x509.AccessDescription(method, x509.UniformResourceIdentifier(url))
+        for method, url in ((x509.oid.AuthorityInformationAccessOID.OCSP, profile.ocsp_url),
+                            (x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
+                             profile.ca_issuers_url))
+        if url
+    ]
+    if access:
+        builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
+    if profile.ocsp_no_check:
+        builder = builder.add_extension(x509.OCSPNoCheck(), critical=False)
     return builder.sign(issuer_key, signature_hash(issuer_key))
 
 

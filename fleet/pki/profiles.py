@@ -28,6 +28,9 @@ class Profile:
     subject_alternative_names: tuple[x509.GeneralName, ...] = ()
     crl_url: str | None = None
     ca_issuers_url: str | None = None
+    ocsp_url: str | None = None
+    ocsp_no_check: bool = False
+    """id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1): for a delegated OCSP responder."""
     backdate: timedelta = field(default=BACKDATE)
 
 
@@ -49,7 +52,8 @@ def identity_profile(
     crl_path: str = "/crl",
 ) -> Profile:
     """Device or service leaf: CN=name, SPIFFE URI SAN, clientAuth only; with a public base
-    URL, the CRL distribution point is *crl_path* under it (its issuing CA's CRL)."""
+    URL, the CRL distribution point is *crl_path* under it (its issuing CA's CRL) and the AIA
+    names the CA certificates and the OCSP responder (``/ocsp``) under it."""
     base = public_base_url.rstrip("/") if public_base_url else None
     return Profile(
         subject=_name(identity.name, organization),
@@ -60,6 +64,21 @@ def identity_profile(
         ),
         crl_url=f"{base}{crl_path}" if base else None,
         ca_issuers_url=f"{base}/.well-known/est/cacerts" if base else None,
+        ocsp_url=f"{base}/ocsp" if base else None,
+    )
+
+
+def ocsp_responder_profile(
+    common_name: str, *, lifetime: timedelta, organization: str | None = None
+) -> Profile:
+    """A delegated OCSP responder (RFC 6960 4.2.2.2): id-kp-OCSPSigning only, and
+    id-pkix-ocsp-nocheck, so its short lifetime is what bounds it rather than a revocation
+    check of its own."""
+    return Profile(
+        subject=_name(common_name, organization),
+        lifetime=lifetime,
+        extended_key_usages=(ExtendedKeyUsageOID.OCSP_SIGNING,),
+        ocsp_no_check=True,
     )
 
 

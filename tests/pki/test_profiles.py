@@ -125,16 +125,34 @@ def test_crl_distribution_point_and_aia_with_public_base_url(base: str) -> None:
     assert cdp[0].full_name == [x509.UniformResourceIdentifier("https://fleet.example.com/crl")]
     aia = ext(cert, x509.AuthorityInformationAccess).value
     assert isinstance(aia, x509.AuthorityInformationAccess)
-    assert [(a.access_method, a.access_location) for a in aia] == [(
-        AuthorityInformationAccessOID.CA_ISSUERS,
-        x509.UniformResourceIdentifier("https://fleet.example.com/.well-known/est/cacerts"),
-    )]
+    assert [(a.access_method, a.access_location) for a in aia] == [
+        (AuthorityInformationAccessOID.OCSP,
+         x509.UniformResourceIdentifier("https://fleet.example.com/ocsp")),
+        (AuthorityInformationAccessOID.CA_ISSUERS,
+         x509.UniformResourceIdentifier("https://fleet.example.com/.well-known/est/cacerts")),
+    ]
 
 
 def test_exactly_the_profile_extensions_are_present() -> None:
     assert {type(e.value) for e in device_cert().extensions} == {
         x509.BasicConstraints, x509.KeyUsage, x509.SubjectKeyIdentifier,
         x509.AuthorityKeyIdentifier, x509.ExtendedKeyUsage, x509.SubjectAlternativeName,
+    }
+
+
+def test_ocsp_responder_profile_is_ocsp_signing_only_with_nocheck() -> None:
+    cert = CA.sign(pki.ocsp_responder_profile("Fleet OCSP 1", lifetime=timedelta(hours=12)),
+                   now=NOW)
+    assert ext(cert, x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
+        [ExtendedKeyUsageOID.OCSP_SIGNING])
+    assert not ext(cert, x509.OCSPNoCheck).critical
+    assert ext(cert, x509.BasicConstraints).value == x509.BasicConstraints(ca=False,
+                                                                           path_length=None)
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == timedelta(hours=12,
+                                                                             minutes=5)
+    assert {type(e.value) for e in cert.extensions} == {
+        x509.BasicConstraints, x509.KeyUsage, x509.SubjectKeyIdentifier,
+        x509.AuthorityKeyIdentifier, x509.ExtendedKeyUsage, x509.OCSPNoCheck,
     }
 
 
