@@ -5,6 +5,7 @@ live (or forced, revoking them), every step audited."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -12,7 +13,7 @@ from cryptography import x509
 from fleet import pki
 from fleet.authority import ADMISSION_CHECKS, Authority, Result
 from fleet.ca import IssuingState, Paths, load_trust
-from fleet.errors import CAError, ConflictError
+from fleet.errors import CAError, ConflictError, NotFoundError
 from fleet.registry import events as events_db
 
 from .conftest import Fleet
@@ -38,8 +39,9 @@ def test_after_rotation_new_certificates_come_from_the_new_issuing_ca(fleet: Fle
     assert issuer_cn(old) == "CN=Fleet Issuing CA,O=Fleet"
     assert issuer_cn(new) == "CN=Fleet Issuing CA 2,O=Fleet"
     new.verify_directly_issued_by(trust.issuing)
-    assert fleet.certificate(format(new.serial_number, "x")).authority_key_id == \
-        pki.key_identifier(trust.issuing.public_key())  # type: ignore[union-attr]
+    record = fleet.certificate(format(new.serial_number, "x"))
+    assert record is not None
+    assert record.authority_key_id == pki.key_identifier(trust.issuing.public_key())
     event = next(e for e in fleet.audit() if e.action == "ca.rotate")
     assert (event.outcome, event.actor) == ("ok", "operator:test")
     detail = json.loads(event.detail or "{}")
@@ -65,7 +67,7 @@ def test_the_distribution_point_names_the_crl_of_the_issuing_ca(fleet: Fleet) ->
 
     def point(cert: x509.Certificate) -> str:
         cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
-        return str(cdp[0].full_name[0].value)  # type: ignore[index]
+        return str(cdp[0].full_name[0].value)
 
     assert point(old) == "https://fleet.example.com/crl"
     assert point(new) == "https://fleet.example.com/crl/2"
@@ -93,8 +95,6 @@ def test_each_issuing_ca_signs_the_crl_of_its_own_certificates(fleet: Fleet) -> 
 
 
 def test_a_crl_of_an_issuing_ca_not_in_use_is_not_found(fleet: Fleet) -> None:
-    from fleet.errors import NotFoundError
-
     with pytest.raises(NotFoundError, match=r"no issuing CA 2 in use \(in use: 1\)"):
         fleet.authority.current_crl(2)
 
@@ -204,10 +204,8 @@ def test_rotation_refused_without_the_root_key_is_audited_and_changes_nothing(
         "CN=Fleet Issuing CA,O=Fleet"
 
 
-def test_exporting_the_root_key_is_audited(fleet: Fleet, tmp_path: object) -> None:
-    from pathlib import Path
-
-    out = Path(str(tmp_path)) / "root.key"
+def test_exporting_the_root_key_is_audited(fleet: Fleet, tmp_path: Path) -> None:
+    out = tmp_path / "root.key"
     fleet.authority.export_root_key(actor="operator", out=out, remove=True)
     event = next(e for e in fleet.audit() if e.action == "ca.export-root-key")
     assert event.outcome == "ok"

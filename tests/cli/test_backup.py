@@ -65,15 +65,20 @@ def test_backup_refused_into_a_missing_directory(fleet: Run, enroll: Enroll,
     assert not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.parametrize("rotated", [False, True], ids=["one-issuing-ca", "rotated-ca"])
 def test_restore_then_a_device_enrolled_before_the_backup_renews_over_est(
         fleet: Run, sqlite_authority: Authority, tmp_path: Path,
-        started: list[subprocess.Popen[str]]) -> None:
+        started: list[subprocess.Popen[str]], rotated: bool) -> None:
+    """Rotated: the device's certificate is of issuing CA 1, in its overlap when the backup
+    is made; the restored Fleet still trusts it and renews it from issuing CA 2."""
     key = new_key()
     token = sqlite_authority.create_tokens(group="sensors", actor="factory")[0]
     issued = sqlite_authority.enroll(credential=TokenCredential(str(token.token)),
                                      csr=device_csr("dev-1", key), actor="factory")
     (tmp_path / "dev.pem").write_text(pki.certificate_pem(issued.certificate))
     (tmp_path / "dev.key").write_bytes(pki.private_key_pem(key))
+    if rotated:
+        fleet.ok("ca", "rotate-issuing")
     fleet.ok("backup", "--out", str(tmp_path / "fleet.backup"))
 
     restored = tmp_path / "restored"
@@ -103,6 +108,8 @@ def test_restore_then_a_device_enrolled_before_the_backup_renews_over_est(
     (renewed,) = pki.load_certs_only(base64.b64decode(response.stdout))
     assert pki.identity_from_certificate(renewed, "fleet.local") == pki.Identity("device",
                                                                                  "dev-1")
+    assert renewed.issuer.rfc4514_string() == ("CN=Fleet Issuing CA 2,O=Fleet" if rotated
+                                               else "CN=Fleet Issuing CA,O=Fleet")
     process.send_signal(signal.SIGTERM)
     assert process.wait(20) == 0
     certificates = again.json("--config", str(config), "cert", "list", "--device", "dev-1")
