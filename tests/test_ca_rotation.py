@@ -68,6 +68,8 @@ def test_rotation_makes_a_new_active_issuing_ca_under_the_same_root(settings: Se
     old_cert, old_key = paths.numbered(1)
     assert x509.load_pem_x509_certificate(old_cert.read_bytes()) == before.issuing
     assert b"ENCRYPTED" in old_key.read_bytes()
+    assert old_cert.stat().st_mode & 0o777 == 0o600
+    assert old_key.stat().st_mode & 0o777 == 0o600
     assert b"ENCRYPTED" in paths.issuing_key.read_bytes()
     assert [(r.number, r.state) for r in rotated.retiring] == [(1, IssuingState.RETIRING)]
     assert rotated.retiring_keys[0].public_key() == before.issuing.public_key()
@@ -134,6 +136,8 @@ def test_retirement_stops_trusting_the_ca_and_removes_its_key(settings: Settings
     assert not paths.numbered(1)[0].exists()
     assert not paths.numbered(1)[1].exists()
     assert x509.load_pem_x509_certificate(paths.retired(1).read_bytes()) == before.issuing
+    assert paths.retired_dir.stat().st_mode & 0o777 == 0o700
+    assert paths.retired(1).stat().st_mode & 0o777 == 0o600
     trust = load_trust(settings)
     assert (trust.number, trust.retiring) == (2, ())
     assert names(x509.load_pem_x509_certificates(paths.chain.read_bytes())) == [
