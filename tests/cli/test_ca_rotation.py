@@ -12,7 +12,7 @@ from cryptography import x509
 from fleet.cli.app import EXIT_NOT_FOUND, EXIT_REFUSED
 from fleet.pki import fingerprint_sha256
 
-from .helpers import Enroll, Run
+from .helpers import Enroll, Run, write_pem
 
 
 def tree(data_dir: Path) -> dict[str, str]:
@@ -170,3 +170,18 @@ def test_export_root_key_command_and_a_wrong_root_key_file(fleet: Run, tmp_path:
         == "CN=Fleet Issuing CA 2,O=Fleet"
     inside = fleet("ca", "export-root-key", "--out", str(fleet.data_dir / "root.copy"))
     assert inside.exit_code == EXIT_REFUSED
+
+
+def test_diagnose_admits_an_old_ca_certificate_in_the_overlap_not_after_retirement(
+        fleet: Run, enroll: Enroll, tmp_path: Path) -> None:
+    cert = write_pem(tmp_path / "old.pem", enroll("dev-old").certificate)
+    fleet.ok("ca", "rotate-issuing")
+    report = fleet.json("diagnose", str(cert), "--client-id", "dev-old")
+    assert report["admitted"] is True
+    assert report["checks"][0] == {"check": "issuer", "stage": "tls", "result": "ok",
+                                   "detail": "signed by CN=Fleet Issuing CA,O=Fleet"}
+    fleet.ok("ca", "retire-issuing", "--force")
+    refused = fleet("diagnose", str(cert))
+    assert refused.exit_code == EXIT_REFUSED
+    assert "at the issuer check: issued by CN=Fleet Issuing CA,O=Fleet, not by CN=Fleet " \
+        "Issuing CA 2,O=Fleet" in refused.stderr
