@@ -18,6 +18,7 @@ from fleet.cli.context import fleet_of
 from fleet.cli.output import note, say
 from fleet.errors import CAError, ConflictError
 from fleet.files import write_private, write_public
+from fleet.integrations import emqx as emqx_config
 from fleet.integrations import mosquitto as mosquitto_config
 from fleet.registry.models import Certificate, CertificateStatus, Device, DeviceStatus
 
@@ -86,6 +87,59 @@ def mosquitto(
     if not shared:
         note(f"make {listener.keyfile} readable by the user Mosquitto runs as")
     note(f"keep the CRL current: fleet crl --watch --out {listener.crlfile} --signal PID")
+
+
+@app.command("emqx")
+def emqx(
+    ctx: typer.Context,
+    out: OutDir,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535,
+                                      help="EMQX's MQTT over TLS listener port.")] = 8883,
+    host: Annotated[str, typer.Option("--host", help="Address EMQX listens on.")
+                    ] = "127.0.0.1",
+    fleet_url: Annotated[str | None, typer.Option(
+        "--fleet-url", metavar="URL", help="https://HOST:PORT of Fleet's provisioning "
+        "service as EMQX reaches it.", show_default="config, https://<first hostname>:"
+        "<est.port>")] = None,
+    service_name: Annotated[str, typer.Option(
+        "--service", help="Name of the service certificate EMQX presents to Fleet.")
+                            ] = "emqx",
+    force: Force = False,
+) -> None:
+    """emqx.conf (HOCON), the CA chain, EMQX's server certificate and the service
+    certificate it presents to Fleet's /emqx/authn and /emqx/authz."""
+    fleet = fleet_of(ctx)
+    settings = fleet.settings
+    paths = Paths.of(settings)
+    if not paths.server_cert.exists():
+        raise CAError(f"no CA in {settings.ca_dir}: run `fleet init` first")
+    pki.check_service_name(service_name)
+    url = (fleet_url or f"https://{(settings.hostnames or ('localhost',))[0]}:"
+           f"{settings.est_port}").rstrip("/")
+    if not url.startswith("https://"):
+        raise ConflictError(f"--fleet-url {url!r}: EMQX must reach Fleet over https://")
+    directory = output_directory(out, force=force)
+    key = pki.generate_private_key("p256")
+    issued = fleet.authority.issue_service_certificate(name=service_name,
+                                                       public_key=key.public_key(),
+                                                       actor=fleet.actor)
+    listener = emqx_config.Listener(host=host, port=port, cacertfile=directory / "ca.pem",
+                                    certfile=directory / "server.pem",
+                                    keyfile=directory / "server.key")
+    endpoint = emqx_config.Endpoint(url=url, cacertfile=listener.cacertfile,
+                                    certfile=directory / f"{service_name}.pem",
+                                    keyfile=directory / f"{service_name}.key")
+    write_public(listener.cacertfile, paths.chain.read_bytes())
+    write_public(listener.certfile, paths.server_cert.read_bytes())
+    write_private(listener.keyfile, paths.server_key.read_bytes())
+    write_public(endpoint.certfile, pki.certificate_pem(issued.certificate).encode())
+    write_private(endpoint.keyfile, pki.private_key_pem(key))
+    write_public(directory / "emqx.conf",
+                 emqx_config.configuration(listener, endpoint).encode())
+    say(f"wrote {directory}/emqx.conf: EMQX asks {url}{emqx_config.AUTHN_PATH} and "
+        f"{emqx_config.AUTHZ_PATH} as service/{service_name} (serial {issued.record.serial})")
+    note(f"make {listener.keyfile} and {endpoint.keyfile} readable by the user EMQX runs as")
+    note("kick revoked clients: fleet serve emqx-kick --api-url URL --api-key-file FILE")
 
 
 def _share_with(user: str, directory: Path, private: list[Path]) -> bool:

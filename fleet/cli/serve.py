@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, Protocol, cast
 
 import typer
@@ -99,6 +101,43 @@ def broker(
     settings = fit_open_files(settings, services=("broker",))
     with periodic(settings, role="broker"):
         serve(settings, host=settings.broker_host, port=settings.broker_port)
+
+
+@app.command("emqx-kick")
+def emqx_kick(
+    ctx: typer.Context,
+    api_url: Annotated[str, typer.Option(
+        "--api-url", metavar="URL", help="EMQX's REST API, e.g. http://127.0.0.1:18083.")],
+    api_key_file: Annotated[Path, typer.Option(
+        "--api-key-file", exists=True, dir_okay=False,
+        help="File holding the EMQX API key as KEY:SECRET.")],
+    cafile: Annotated[Path | None, typer.Option(
+        "--cafile", exists=True, dir_okay=False,
+        help="CA certificates for an https:// API URL (default: the system's).")] = None,
+) -> None:
+    """Kick revoked and suspended clients off EMQX, following the revocation events."""
+    from fleet.integrations.emqx_kick import ApiKey, EmqxKicker
+
+    fleet = fleet_of(ctx)
+    api_key = ApiKey.parse(api_key_file.read_text(encoding="utf-8"))
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+    kicker = EmqxKicker(authority=fleet.authority, api_url=api_url, api_key=api_key,
+                        ssl_context=context)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await kicker.start()
+        say(f"EMQX kick hook following revocations for {api_url}")
+        sys.stdout.flush()
+        try:
+            await stop.wait()
+        finally:
+            await kicker.close()
+
+    asyncio.run(run())
 
 
 def up(
