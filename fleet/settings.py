@@ -75,6 +75,8 @@ class Settings:
     token_ttl: timedelta
     token_uses: int
     crl_next_update: timedelta
+    ocsp_next_update: timedelta
+    ocsp_responder_lifetime: timedelta
     est_host: str
     est_port: int
     est_workers: int
@@ -158,6 +160,8 @@ _SCHEMA: dict[tuple[str, str], tuple[str, str]] = {
     ("tokens", "ttl"): ("token_ttl", "duration"),
     ("tokens", "uses"): ("token_uses", "int"),
     ("crl", "next_update"): ("crl_next_update", "duration"),
+    ("ocsp", "next_update"): ("ocsp_next_update", "duration"),
+    ("ocsp", "responder_lifetime"): ("ocsp_responder_lifetime", "duration"),
     ("est", "host"): ("est_host", "str"),
     ("est", "port"): ("est_port", "int"),
     ("est", "workers"): ("est_workers", "int"),
@@ -331,6 +335,10 @@ def _validated(s: Settings) -> Settings:
         raise bad("revocation_max_staleness",
                   "must be longer than broker.revocation_poll_interval (else the broker "
                   "refuses new connections between two polls)")
+    if s.ocsp_responder_lifetime < 2 * s.ocsp_next_update:
+        raise bad("ocsp_responder_lifetime",
+                  "must be at least twice ocsp.next_update (a responder is renewed at half its "
+                  "lifetime, and no response may outlive the certificate that signed it)")
     for label, group in s.est_labels.items():
         if label in RESERVED_LABELS or not DEVICE_ID_PATTERN.fullmatch(label):
             raise bad("est_labels", f"label {label!r} is not allowed")

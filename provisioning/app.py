@@ -47,6 +47,7 @@ from provisioning.limits import (
     read_body,
 )
 from provisioning.metrics import Metrics
+from provisioning.ocsp import OCSP_PATH, OcspResponder
 from provisioning.refusals import refusal, status_of
 
 EST_ROOT = "/.well-known/est"
@@ -294,6 +295,7 @@ def build_app(service: EstService) -> web.Application:
     app = web.Application(middlewares=[service.observe], client_max_size=service.body.max_bytes)
     app.add_routes(service.routes())
     app.add_routes(EmqxHooks(service).routes())
+    app.add_routes(OcspResponder(service).routes())
     return app
 
 
@@ -305,6 +307,8 @@ def _source(request: web.Request) -> tuple[str, str]:
 def _operation(path: str) -> str:
     if path.startswith("/crl/"):
         return "crl"
+    if path == OCSP_PATH or path.startswith(OCSP_PATH + "/"):
+        return "ocsp"
     last = path.rstrip("/").rsplit("/", 1)[-1]
     return last if last in (*OPERATIONS, "crl", "healthz") else "other"
 

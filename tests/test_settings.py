@@ -180,6 +180,17 @@ def test_revocation_max_staleness_must_be_longer_than_the_poll_interval() -> Non
         .revocation_max_staleness.total_seconds() == 0.251
 
 
+def test_ocsp_responder_lifetime_must_be_at_least_twice_next_update() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"FLEET_OCSP_NEXT_UPDATE": "1h",
+                               "FLEET_OCSP_RESPONDER_LIFETIME": "119m"})
+    assert info.value.key == "ocsp.responder_lifetime"
+    assert "twice ocsp.next_update" in str(info.value)
+    assert load_settings(environ={"FLEET_OCSP_NEXT_UPDATE": "1h",
+                                  "FLEET_OCSP_RESPONDER_LIFETIME": "2h"}) \
+        .ocsp_responder_lifetime.total_seconds() == 7200
+
+
 @pytest.mark.parametrize(("label"), sorted(RESERVED_LABELS))
 def test_reserved_labels_are_refused_from_the_config_file(tmp_path: Path, label: str) -> None:
     path = write_config(tmp_path, {("est", "labels", label): "g"})

@@ -20,6 +20,7 @@ from fleet.authority.crl import CrlPolicy, SignedCrl
 from fleet.authority.enrollment import EnrollmentPolicy, TokenCredential
 from fleet.authority.issuers import IssuingPolicy, IssuingStatus, Retirement
 from fleet.authority.lifecycle import LifecyclePolicy
+from fleet.authority.ocsp import OcspAnswer, OcspPolicy
 from fleet.authority.renewal import RenewalPolicy
 from fleet.authority.tokens import MAX_TOKENS_PER_CALL, IssuedToken, TokenPolicy
 
@@ -34,6 +35,7 @@ __all__ = [
     "Issued",
     "IssuedToken",
     "IssuingStatus",
+    "OcspAnswer",
     "Result",
     "Retirement",
     "SignedCrl",
@@ -44,5 +46,5 @@ __all__ = [
 
 
 class Authority(TokenPolicy, EnrollmentPolicy, RenewalPolicy, LifecyclePolicy, CrlPolicy,
-                IssuingPolicy):
+                OcspPolicy, IssuingPolicy):
     """Fleet's CA policy over one registry database."""
