@@ -112,13 +112,17 @@ def parse_ocsp_request(der: bytes) -> OcspQuery:
             (e.value for e in extensions if isinstance(e.value, x509.OCSPNonce)), None)
     except UnsupportedAlgorithm as exc:
         raise OcspMalformedError(f"the CertID hash algorithm is not supported: {exc}") from exc
-    except ValueError as exc:
+    except x509.DuplicateExtension as exc:
+        raise OcspMalformedError(f"an extension appears twice: {exc}") from exc
+    except (ValueError, NotImplementedError) as exc:  # the latter: several requests
         raise OcspMalformedError(f"not a DER OCSP request of one certificate: {exc}") from exc
     if not isinstance(algorithm, CERT_ID_HASHES):
         raise OcspMalformedError(f"the CertID hash algorithm {algorithm.name} is not supported")
     if (len(request.issuer_name_hash) != algorithm.digest_size
             or len(request.issuer_key_hash) != algorithm.digest_size):
         raise OcspMalformedError(f"the CertID hashes are not {algorithm.name} digests")
+    if request.serial_number < 0:  # RFC 5280 4.1.2.2: serials are positive; none is answered
+        raise OcspMalformedError("the CertID serial number is negative")
     nonce = nonce_extension.nonce if nonce_extension is not None else None
     if nonce is not None and not 1 <= len(nonce) <= MAX_NONCE_BYTES:
         raise OcspMalformedError(
