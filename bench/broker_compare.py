@@ -113,7 +113,7 @@ def provision(count: int, work: Path) -> Fixture:
     settings = load_settings(environ=env)
     ca, _ = init_ca(settings, now=utcnow())
     ensure_server_certificate(settings, ca, now=utcnow())
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, create=True)
     migrate(engine)
     authority = Authority(settings=settings, engine=engine, ca=ca)
     keys_dir = work / "clients"

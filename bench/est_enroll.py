@@ -87,7 +87,7 @@ def prepare(root: Path) -> tuple[Settings, dict[str, str]]:
     settings = load_settings(environ={**os.environ, **env})
     ca, _ = init_ca(settings, now=utcnow())
     ensure_server_certificate(settings, ca, now=utcnow())
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, create=True)
     migrate(engine)
     engine.dispose()
     return settings, env

@@ -20,6 +20,7 @@ CONNACK return codes in ``fleet.broker``, exit codes in ``fleet.cli``.
      +-- NotFoundError               unknown device, certificate or token
      +-- ConflictError               the operation does not apply in the current state
      +-- RegistryUnavailableError    the database cannot be reached (HTTP 503)
+     +-- NotInitializedError         no CA or no registry where one is named: `fleet init`
 """
 
 from __future__ import annotations
@@ -106,3 +107,8 @@ class ConflictError(FleetError):
 
 class RegistryUnavailableError(FleetError):
     """The registry database cannot be reached."""
+
+
+class NotInitializedError(FleetError):
+    """The data dir holds no CA, or the registry does not exist: ``fleet init`` has not set
+    them up there (nothing is created in their place)."""

@@ -114,8 +114,8 @@ def _broker_metrics_off(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def ca_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One CA (root, issuing, server certificate) and audit checkpoint key, as `fleet init`
-    makes them, made once per run and copied per test."""
+    """One CA (root, issuing, server certificate), audit checkpoint key and empty SQLite
+    registry, as `fleet init` makes them, made once per run and copied per test."""
     data_dir = tmp_path_factory.mktemp("ca-template")
     previous = os.environ.get("FLEET_CA_PASSPHRASE")
     os.environ["FLEET_CA_PASSPHRASE"] = TEST_PASSPHRASE
@@ -124,6 +124,9 @@ def ca_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ca, _ = init_ca(settings, now=utcnow())
         ensure_server_certificate(settings, ca, now=utcnow())
         fleet.checkpoints.key.ensure_key(settings)
+        registry = make_engine(settings.effective_database_url, create=True)
+        migrate(registry)
+        registry.dispose()
     finally:
         if previous is None:
             del os.environ["FLEET_CA_PASSPHRASE"]
@@ -134,7 +137,7 @@ def ca_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def data_dir(tmp_path: Path, ca_template: Path) -> Path:
-    """A data dir with the CA and server certificate in place (no database yet)."""
+    """A data dir with the CA, server certificate and an empty SQLite registry in place."""
     target = tmp_path / "fleet-data"
     shutil.copytree(ca_template, target)
     return target

@@ -12,7 +12,6 @@ from fleet import backup as archive
 from fleet.ca import PASSPHRASE_ENV, Paths
 from fleet.cli.context import fleet_of
 from fleet.cli.output import emit_json, note, say
-from fleet.errors import CAError
 from fleet.registry import utcnow
 
 
@@ -24,9 +23,7 @@ def backup(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Back up the CA material, the registry (SQLite, online) and the configuration."""
-    settings = fleet_of(ctx).settings
-    if not Paths.of(settings).issuing.exists():
-        raise CAError(f"no CA in {settings.ca_dir}: nothing to back up")
+    settings = fleet_of(ctx).require_initialized()
     manifest = archive.create(settings, out, now=utcnow(), force=force)
     if as_json:
         emit_json({"file": str(out), **manifest.as_json()})

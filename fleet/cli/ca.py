@@ -56,7 +56,7 @@ def show(ctx: typer.Context, as_json: AsJson = False) -> None:
     """Show the root and every issuing CA with its state (active, retiring, retired),
     validity, fingerprint and the certificates of it still usable."""
     fleet = fleet_of(ctx)
-    settings = fleet.settings
+    settings = fleet.require_initialized()
     trust = load_trust(settings)
     report = fleet.authority.issuing_report()
     paths = Paths.of(settings)

@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from fleet.authority import Authority
+from fleet.ca import ca_exists
 from fleet.checkpoints import CheckpointWriter
-from fleet.errors import FleetError, RegistryUnavailableError
-from fleet.registry import make_engine, migrate, unavailable_as_error
+from fleet.errors import FleetError, NotInitializedError, RegistryUnavailableError
+from fleet.registry import has_schema, make_engine, migrate, unavailable_as_error
 from fleet.registry import session as new_session
 from fleet.settings import Settings, load_settings
 
@@ -44,10 +45,43 @@ class Fleet:
 
     @cached_property
     def engine(self) -> Engine:
-        """The registry engine, with the schema brought up to date."""
-        engine = make_engine(self.settings.effective_database_url, pool_size=2,
-                             busy_timeout=self.settings.database_busy_timeout)
+        """The registry engine, with the schema brought up to date, of a data dir that holds
+        a CA and a registry: any other is refused (NotInitializedError) and nothing is
+        created in it, neither the data dir nor the database."""
+        settings = self.settings
+        if not ca_exists(settings):
+            raise NotInitializedError(
+                f"no Fleet CA in {settings.data_dir}: run `fleet init` first, or name the "
+                "data dir with --data-dir or FLEET_DATA_DIR")
+        database = make_url(settings.effective_database_url)
+        if database.get_backend_name() == "sqlite" and database.database \
+                and not Path(database.database).exists():
+            raise NotInitializedError(f"no registry at {database.database}: run `fleet init` "
+                                      "first")
+        return self._open(create=False)
+
+    def create_registry(self) -> Engine:
+        """For ``fleet init``: the registry engine, the database created if missing."""
+        if "engine" not in self.__dict__:
+            self.__dict__["engine"] = self._open(create=True)
+        return self.engine
+
+    def require_initialized(self) -> Settings:
+        """The settings of a data dir that holds a CA and a registry (opened to know, see
+        engine): for commands that would write something before they open the registry."""
+        self.engine  # noqa: B018
+        return self.settings
+
+    def _open(self, *, create: bool) -> Engine:
+        settings = self.settings
+        engine = make_engine(settings.effective_database_url, create=create, pool_size=2,
+                             busy_timeout=settings.database_busy_timeout)
         try:
+            if not create and not has_schema(engine):
+                shown = make_url(settings.effective_database_url).render_as_string(
+                    hide_password=True)
+                raise NotInitializedError(f"the registry {shown} holds no Fleet schema: run "
+                                          "`fleet init` first")
             migrate(engine)
         except BaseException:
             engine.dispose()

@@ -30,7 +30,7 @@ from fleet.ca import Paths
 from fleet.cli import probe
 from fleet.cli.context import Fleet, fleet_of
 from fleet.cli.output import emit_json, iso, say, table
-from fleet.errors import CAError, ForbiddenError, PKIError
+from fleet.errors import ForbiddenError, PKIError
 from fleet.pki.identity import common_names
 from fleet.registry import events as events_db
 from fleet.registry import utcnow
@@ -129,6 +129,7 @@ def diagnose(
     path = cert_file or cert_option
     assert path is not None
     cert = _read_certificate(path)
+    fleet.require_initialized()
     if host is not None:
         if key is None:
             raise typer.BadParameter("--host needs the certificate's private key",
@@ -147,8 +148,6 @@ def diagnose(
 def _offline(fleet: Fleet, cert: x509.Certificate, path: Path, *, client_id: str | None,
              will_topic: str | None, topics: list[tuple[str, str]], as_json: bool) -> None:
     settings = fleet.settings
-    if not Paths.of(settings).issuing.exists():
-        raise CAError(f"no CA in {settings.ca_dir}: run `fleet init` first")
     decision = fleet.authority.assess(cert, client_id=client_id, will_topic=will_topic,
                                       policy=acl.load_policy(settings.acl_file))
     checks = _admission_checks(decision)
@@ -216,8 +215,6 @@ def _live(fleet: Fleet, cert: x509.Certificate, path: Path, *, host: str, port: 
 
 def _audited_reason(fleet: Fleet, cert: x509.Certificate, *, since: datetime) -> str | None:
     """The refusal this broker recorded for *cert* (only when it shares this registry)."""
-    if not Paths.of(fleet.settings).issuing.exists():
-        return None
     serial = format(cert.serial_number, "x")
     deadline = time.monotonic() + _AUDIT_WAIT
     while True:

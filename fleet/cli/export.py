@@ -56,7 +56,7 @@ def mosquitto(
 ) -> None:
     """mosquitto.conf, its ACL file, the CA chain, a server certificate and the CRL."""
     fleet = fleet_of(ctx)
-    settings = fleet.settings
+    settings = fleet.require_initialized()
     paths = Paths.of(settings)
     if not paths.server_cert.exists():
         raise CAError(f"no CA in {settings.ca_dir}: run `fleet init` first")
@@ -109,7 +109,7 @@ def emqx(
     """emqx.conf (HOCON), the CA chain, EMQX's server certificate and the service
     certificate it presents to Fleet's /emqx/authn and /emqx/authz."""
     fleet = fleet_of(ctx)
-    settings = fleet.settings
+    settings = fleet.require_initialized()
     paths = Paths.of(settings)
     if not paths.server_cert.exists():
         raise CAError(f"no CA in {settings.ca_dir}: run `fleet init` first")

@@ -88,7 +88,7 @@ def initialize(fleet: Fleet, *, adopt: Callable[[Settings], CA] | None = None) -
         ca, created = init_ca(settings, now=utcnow())
         origin = "created" if created else "found"
     issued = ensure_server_certificate(settings, ca, now=utcnow())
-    fleet.engine  # noqa: B018 - opening the registry applies the migrations
+    fleet.create_registry()  # or applies the migrations to the one in place
     ensure_key(settings)  # the audit checkpoint key (fleet.checkpoints)
     generated = origin != "found" and not from_env and not had_passphrase_file
     return InitReport(

@@ -125,6 +125,7 @@ def run(
     from device_sim.scenario import Scenario, ScenarioError, load_scenario
 
     fleet = fleet_of(ctx)
+    fleet.require_initialized()  # before anything is written or started
     overrides: dict[str, Any] = {
         "devices": devices, "duration": _duration(duration),
         "cert_lifetime": _duration(cert_lifetime), "revoke": revoke,

@@ -1,6 +1,6 @@
 """The device registry: SQLModel tables, keyword-only queries, engine set-up, migrations."""
 
-from fleet.registry.engine import make_engine, migrate, session, unavailable_as_error
+from fleet.registry.engine import has_schema, make_engine, migrate, session, unavailable_as_error
 from fleet.registry.models import (
     AuditEvent,
     BootstrapToken,
@@ -14,6 +14,6 @@ from fleet.registry.models import (
 
 __all__ = [
     "AuditEvent", "BootstrapToken", "Certificate", "CertificateStatus", "Device",
-    "DeviceStatus", "RevocationEvent", "make_engine", "migrate", "session",
+    "DeviceStatus", "RevocationEvent", "has_schema", "make_engine", "migrate", "session",
     "unavailable_as_error", "utcnow",
 ]

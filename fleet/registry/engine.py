@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import event
 from sqlalchemy.engine import CursorResult, Engine, make_url
@@ -27,19 +29,27 @@ BUSY_TIMEOUT = timedelta(seconds=30)
 database.busy_timeout)."""
 
 
-def make_engine(url: str, *, pool_size: int = 10,
+def make_engine(url: str, *, create: bool = False, pool_size: int = 10,
                 busy_timeout: timedelta = BUSY_TIMEOUT) -> Engine:
-    """An engine for *url*; SQLite gets WAL, *busy_timeout*, foreign keys and a 0600 file."""
+    """An engine for *url*; SQLite gets WAL, *busy_timeout* and foreign keys.
+
+    An SQLite file is never created by opening it (a connection to a missing one fails:
+    RegistryUnavailableError under unavailable_as_error); *create*, for ``fleet init``, makes
+    it first, 0600 in a 0700 directory.
+    """
     if url.startswith("sqlite"):
         path = make_url(url).database
-        if path and path != ":memory:" and not path.startswith("file:"):
-            # Created 0600 before SQLite opens it: SQLite gives -wal and -shm the same mode.
-            private_file(Path(path))
         seconds = busy_timeout.total_seconds()
-        engine = create_engine(
-            url, connect_args={"timeout": seconds, "check_same_thread": False},
-            pool_size=pool_size, max_overflow=pool_size,
-        )
+        connect_args: dict[str, Any] = {"timeout": seconds, "check_same_thread": False}
+        options: dict[str, Any] = {"connect_args": connect_args}
+        if path and path != ":memory:" and not path.startswith("file:"):
+            if create:
+                # Created 0600 before SQLite opens it: SQLite gives -wal and -shm the same mode.
+                private_file(Path(path))
+            # mode=rw: read and write the file, never create it.
+            options = {"creator": functools.partial(
+                sqlite3.connect, f"file:{quote(path)}?mode=rw", uri=True, **connect_args)}
+        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, **options)
         event.listen(engine, "connect", functools.partial(
             _sqlite_pragmas, busy_timeout_ms=max(1, round(seconds * 1000))))
         # pysqlite's own transaction handling is disabled (see _sqlite_pragmas); we issue BEGIN
@@ -68,6 +78,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, busy_timeout_ms: int
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
     cursor.close()
+
+
+def has_schema(engine: Engine) -> bool:
+    """Whether the registry was created (by ``fleet init``): its migration table exists."""
+    with unavailable_as_error(), engine.connect() as connection:
+        return engine.dialect.has_table(connection, "alembic_version")
 
 
 def migrate(engine: Engine) -> None:

@@ -200,6 +200,7 @@ def test_restore_refused_corrupt_registry_removes_what_it_wrote(archive: Path, f
 def test_backup_of_a_postgresql_fleet_holds_the_ca_and_names_pg_dump(
         fleet: Run, tmp_path: Path, database_url: str) -> None:
     env = {"FLEET_DATABASE_URL": database_url}
+    fleet.ok("init", env=env)  # the PostgreSQL schema
     fleet.ok("token", "create", "--group", "sensors", env=env)
     result = fleet.ok("backup", "--out", str(tmp_path / "fleet.backup"), env=env)
     with tarfile.open(tmp_path / "fleet.backup") as tar:

@@ -18,7 +18,7 @@ from fleet.registry.models import UTCDateTime
 
 def test_rows_from_before_the_revision_get_the_key_id_their_pem_carries(tmp_path: Path,
                                                                         ca: CA) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}", create=True)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:

@@ -68,7 +68,7 @@ def test_migrations_apply_twice(engine: Engine) -> None:
 
 
 def test_migrations_on_a_brand_new_sqlite_file(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'sub' / 'fleet.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'sub' / 'fleet.db'}", create=True)
     try:
         migrate(engine)
         migrate(engine)
