@@ -12,6 +12,8 @@ WIDTH, HEIGHT = 880, 230
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 14, 34
 COLORS = {"online": "#2b6cb0", "sent": "#2f855a", "received": "#dd6b20",
           "enrollment": "#2b6cb0", "renewal": "#dd6b20", "revocation": "#c53030"}
+MARK_COLOR = "#feb2b2"
+"""The dashed line at each revocation: lighter than the revocation dots drawn on it."""
 
 Point = tuple[float, float]
 
@@ -37,7 +39,8 @@ def nice_ceiling(value: float) -> float:
 
 def svg_chart(title: str, series: Sequence[Series], *, x_max: float, y_label: str,
               bands: Sequence[tuple[float, float]] = (), marks: Sequence[float] = ()) -> str:
-    """A line/dot chart with axes, grid, legend, shaded *bands* and vertical *marks*."""
+    """A line/dot chart with axes, grid, shaded *bands* and vertical *marks*; the legend
+    names the series that have points."""
     x_max = max(x_max, 1.0)
     y_step = nice_ceiling(max((y for s in series for _, y in s.points), default=0.0) * 1.05 / 4)
     y_max = y_step * max(1, math.ceil(
@@ -73,12 +76,13 @@ def svg_chart(title: str, series: Sequence[Series], *, x_max: float, y_label: st
                  f'transform="rotate(-90 14 {TOP + plot_h / 2:.1f})">{html.escape(y_label)}</text>')
     for mark in marks:
         parts.append(f'<line x1="{x(mark):.1f}" x2="{x(mark):.1f}" y1="{TOP}" '
-                     f'y2="{TOP + plot_h}" stroke="#c53030" stroke-dasharray="4 3">'
+                     f'y2="{TOP + plot_h}" stroke="{MARK_COLOR}" stroke-dasharray="4 3">'
                      f'<title>revocation at {mark:g} s</title></line>')
     for item in series:
         if item.dots:
-            parts.extend(f'<circle cx="{x(px):.1f}" cy="{y(py):.1f}" r="2" '
-                         f'fill="{item.color}" fill-opacity="0.6"/>' for px, py in item.points)
+            parts.extend(f'<circle cx="{x(px):.1f}" cy="{y(py):.1f}" r="2.5" '
+                         f'fill="{item.color}" fill-opacity="0.8" stroke="#fff" '
+                         'stroke-width="0.6"/>' for px, py in item.points)
         elif item.points:
             path = " ".join(f"{x(px):.1f},{y(py):.1f}" for px, py in item.points)
             parts.append(f'<polyline points="{path}" fill="none" stroke="{item.color}" '
@@ -86,7 +90,7 @@ def svg_chart(title: str, series: Sequence[Series], *, x_max: float, y_label: st
     parts.append(f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" '
                  'stroke="#a0aec0"/>')
     legend_x = LEFT + 8
-    for item in series:
+    for item in (s for s in series if s.points):
         parts.append(f'<rect x="{legend_x}" y="{TOP + 6}" width="10" height="10" '
                      f'fill="{item.color}"/>')
         parts.append(f'<text x="{legend_x + 14}" y="{TOP + 15}" class="legend">'
@@ -100,6 +104,13 @@ def _fmt(value: float) -> str:
     if value >= 10000:
         return f"{value / 1000:g}k"
     return f"{value:g}" if value == int(value) else f"{value:.1f}"
+
+
+def _key(bands: Sequence[object], marks: Sequence[object]) -> str:
+    """What the shading and the dashed lines mean, for the ones the charts have."""
+    key = [text for text, shown in (("Shaded: broker restart.", bands),
+                                    ("Dashed red lines: revocations.", marks)) if shown]
+    return "".join(f" {text}" for text in key)
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -163,8 +174,7 @@ th {{ text-align: left; padding: 2px 16px 2px 0; font-weight: 500; }}
 .ok {{ color: #2f855a; }} .fail {{ color: #c53030; font-weight: 600; }}
 </style></head><body>
 <h1>fleet sim run {html.escape(report["run_id"])}: {verdict}</h1>
-<p>Started {html.escape(report["started_at"])}, {report["elapsed_s"]} s.
-Shaded: broker restart. Dashed red lines: revocations.</p>
+<p>Started {html.escape(report["started_at"])}, {report["elapsed_s"]} s.{_key(bands, marks)}</p>
 <table>{rows}</table>
 {"".join(charts)}
 <h2>Expectations</h2><ul>{checks}</ul>
