@@ -133,7 +133,6 @@ def _thin(points: list[tuple[float, float]]) -> list[list[float]]:
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 

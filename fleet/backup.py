@@ -106,10 +106,14 @@ def create(settings: Settings, out: Path, *, now: datetime, force: bool = False)
 
 def restore(archive_path: Path, data_dir: Path, config_dir: Path) -> Manifest:
     """Restore *archive_path* into the empty (or missing) *data_dir*, and its configuration
-    into *config_dir* (also empty or missing). Nothing is written unless every check passes."""
+    into *config_dir* (also empty or missing). A missing one is created in a directory that
+    exists (or, for *config_dir*, in *data_dir*). Nothing is written unless every check
+    passes."""
     for target in (data_dir, config_dir):
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise BackupError(f"{target} is not empty: restore into a new directory")
+        if not target.exists() and not target.parent.is_dir() and target.parent != data_dir:
+            raise BackupError(f"{target.parent} is not a directory")
     try:
         with tarfile.open(archive_path, mode="r:gz") as archive:
             manifest = _read_manifest(archive, archive_path)
@@ -120,7 +124,7 @@ def restore(archive_path: Path, data_dir: Path, config_dir: Path) -> Manifest:
     try:
         for target in (data_dir, config_dir):
             if not target.exists():
-                target.mkdir(mode=0o700, parents=True)
+                target.mkdir(mode=0o700)
                 created.append(target)
             target.chmod(0o700)
         for name, content in contents.items():

@@ -12,6 +12,7 @@ from sqlmodel import Session
 from fleet import pki
 from fleet.cli import params
 from fleet.cli.context import fleet_of
+from fleet.cli.destination import Force, check_file
 from fleet.cli.output import command_group, emit_json, fields, iso, say, table
 from fleet.errors import ConflictError, NotFoundError
 from fleet.files import write_private, write_public
@@ -137,24 +138,35 @@ def issue_service(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Service name (letters, digits, . _ -).")],
     out_dir: Annotated[Path, typer.Option(
-        "--out-dir", file_okay=False, help="Where NAME.pem, NAME.key and ca.pem are written.")],
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+        "--out-dir", file_okay=False, help="Where NAME.pem, NAME.key and ca.pem are written "
+        "(created 0700 if missing, inside a directory that exists).")],
+    force: Force = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Issue a client certificate for a backend service with a fresh P-256 key."""
+    """Issue a client certificate for a backend service with a fresh P-256 key.
+
+    ca.pem may be shared by the services of one directory: it is left as it is when it holds
+    the chain already, and replaced only with --force when it holds another.
+    """
     fleet = fleet_of(ctx)
     pki.check_service_name(name)  # before it becomes part of a file name
     cert_path, key_path, chain_path = (out_dir / f"{name}.pem", out_dir / f"{name}.key",
                                        out_dir / "ca.pem")
-    existing = [str(p) for p in (cert_path, key_path) if p.exists()]
-    if existing and not force:
-        raise ConflictError(f"{', '.join(existing)} already exist(s); use --force to replace")
+    if out_dir.is_dir():
+        for path in (cert_path, key_path):
+            check_file(path, force=force)
+    elif not out_dir.parent.is_dir():
+        raise ConflictError(f"{out_dir.parent} is not a directory")
+    chain = fleet.authority.ca.chain_pem().encode()
+    if chain_path.exists() and chain_path.read_bytes() != chain:
+        check_file(chain_path, force=force)
     key = pki.generate_private_key("p256")
     issued = fleet.authority.issue_service_certificate(name=name, public_key=key.public_key(),
                                                        actor=fleet.actor)
     write_private(key_path, pki.private_key_pem(key))
     write_public(cert_path, pki.certificate_pem(issued.certificate).encode())
-    write_public(chain_path, fleet.authority.ca.chain_pem().encode())
+    if not chain_path.exists() or chain_path.read_bytes() != chain:
+        write_public(chain_path, chain)
     data = {**certificate_json(issued.record, grace=fleet.settings.superseded_grace),
             "uri": pki.Identity("service", name).spiffe_uri(fleet.settings.trust_domain),
             "certificate_file": str(cert_path), "key_file": str(key_path),

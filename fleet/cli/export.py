@@ -15,6 +15,7 @@ from sqlmodel import col, select
 from fleet import acl, pki
 from fleet.ca import Paths
 from fleet.cli.context import fleet_of
+from fleet.cli.destination import output_directory
 from fleet.cli.output import note, say
 from fleet.errors import CAError, ConflictError
 from fleet.files import write_private, write_public
@@ -28,17 +29,6 @@ OutDir = Annotated[Path, typer.Option(
     "--out", metavar="DIR", file_okay=False,
     help="Directory to write (created; must be empty unless --force).")]
 Force = Annotated[bool, typer.Option("--force", help="Write into a non-empty DIR.")]
-
-
-def output_directory(out: Path, *, force: bool) -> Path:
-    """*out*, created if missing (its parent must exist), empty unless *force*."""
-    out = out.resolve()
-    if not out.parent.is_dir():
-        raise ConflictError(f"{out.parent} is not a directory")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ConflictError(f"{out} is not empty; use --force to write into it")
-    out.mkdir(mode=0o750, exist_ok=True)
-    return out
 
 
 @app.command("mosquitto")

@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 
 from fleet.cli.context import Fleet, fleet_of
+from fleet.cli.destination import claimed, output_directory
 from fleet.cli.output import command_group, note
 from fleet.errors import FleetError
 from fleet.pki import fingerprint_sha256, load_certificate
@@ -114,6 +115,9 @@ def run(
     pin: Annotated[str | None, typer.Option(
         "--pin", help="SHA-256 of the root CA the devices trust (default: "
         "<data dir>/ca/root.pem).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace report files that exist and write into a --store-dir that "
+        "is not empty (their directories must exist).")] = False,
     no_progress: Annotated[bool, typer.Option(
         "--no-progress", help="No live progress display.")] = False,
 ) -> None:
@@ -142,11 +146,13 @@ def run(
     except ScenarioError as exc:
         raise typer.BadParameter(str(exc)) from None
     if scenario.store_dir is not None:
-        scenario.store_dir.mkdir(parents=True, exist_ok=True)
-    report = asyncio.run(_run(
-        fleet, scenario, est_url=est_url, mqtt_host=mqtt_host, mqtt_port=mqtt_port, pin=pin,
-        spawn=spawn_services, restart_command=broker_restart_command,
-        progress=not no_progress and sys.stderr.isatty()))
+        output_directory(scenario.store_dir, force=force)
+    # Report files are refused, or held, before the run.
+    with claimed(json_report, force=force), claimed(html_report, force=force):
+        report = asyncio.run(_run(
+            fleet, scenario, est_url=est_url, mqtt_host=mqtt_host, mqtt_port=mqtt_port, pin=pin,
+            spawn=spawn_services, restart_command=broker_restart_command,
+            progress=not no_progress and sys.stderr.isatty()))
     console = Console(file=sys.stdout, highlight=False)
     from device_sim.chart import render_html
     from device_sim.report import print_summary, write_json
@@ -156,7 +162,6 @@ def run(
         write_json(report, json_report)
         note(f"JSON report: {json_report}")
     if html_report is not None:
-        html_report.parent.mkdir(parents=True, exist_ok=True)
         html_report.write_text(render_html(report))
         note(f"HTML report: {html_report}")
     if not report["ok"]:

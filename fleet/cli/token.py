@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fleet.authority import IssuedToken
 from fleet.cli import params
 from fleet.cli.context import fleet_of
+from fleet.cli.destination import Force, claimed
 from fleet.cli.output import command_group, emit_json, iso, note, say, stderr, table
 from fleet.errors import FleetError
 from fleet.files import write_private
@@ -67,16 +68,20 @@ def create(
         "--uses", min=1, show_default="config, 1",
         help="Enrollments each token allows.")] = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", dir_okay=False, help="Write the tokens to this CSV file (mode 0600).")] = None,
+        "--out", dir_okay=False, help="Write the tokens to this CSV file (mode 0600), a new "
+        "one unless --force; its directory must exist.")] = None,
+    force: Force = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Mint bootstrap tokens; the secrets are shown only now."""
     fleet = fleet_of(ctx)
     issued: list[IssuedToken] = []
     failure: FleetError | None = None
-    with Progress(TextColumn("creating tokens"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=stderr(), transient=True,
-                  disable=count <= BATCH) as progress:
+    # --out is refused, or held, before the first token is minted.
+    with claimed(out, force=force), Progress(
+            TextColumn("creating tokens"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=stderr(), transient=True,
+            disable=count <= BATCH) as progress:
         task = progress.add_task("tokens", total=count)
         while len(issued) < count:
             batch = min(BATCH, count - len(issued))

@@ -95,7 +95,7 @@ def test_mosquitto_admits_enrolled_devices_confines_them_and_refuses_a_revoked_o
         assert second.receive(timeout=1.0) is None
 
         sqlite_authority.revoke_device(device_id="d1", reason="keyCompromise", actor="operator")
-        fleet(data_dir, "crl", "--out", str(out / "crl.pem"))
+        fleet(data_dir, "crl", "--force", "--out", str(out / "crl.pem"))
         process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         refused = False
