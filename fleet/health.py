@@ -14,6 +14,9 @@ non-zero when one does, so cron or an alerting system can run it:
 - ``device-suspended``: a device is suspended;
 - ``token-expiring-unused``: a bootstrap token still unused expires within the window;
 - ``tokens-unused``: the live tokens of a group that no device has used yet.
+
+:func:`gauges` reads the two figures the EST service's ``/metrics`` publishes from the
+registry: the earliest expiry of a current certificate and the unused tokens of each group.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import ColumnElement, func
 from sqlmodel import Session, col, select
 
 from fleet.registry.models import (
@@ -54,6 +58,29 @@ def findings(session: Session, *, now: datetime, within: timedelta, since: datet
              *_presented(session, since, superseded_grace), *_suspended(session),
              *_tokens(session, now, within)]
     return sorted(found, key=lambda f: (not f.needs_action, f.kind, f.subject))
+
+
+@dataclass(frozen=True, slots=True)
+class Gauges:
+    earliest_expiry: datetime | None
+    """The soonest not_after of an active certificate not yet expired (None: there is none)."""
+    unused_tokens: dict[str, int]
+    """Live tokens no device has used, by group (groups without one are left out)."""
+
+
+def gauges(session: Session, *, now: datetime) -> Gauges:
+    """Two aggregate queries, whatever the size of the fleet."""
+    earliest = session.exec(select(func.min(Certificate.not_after)).where(
+        Certificate.status == CertificateStatus.ACTIVE, Certificate.not_after > now)).one()
+    rows = session.exec(select(BootstrapToken.group, func.count()).where(
+        *_live_tokens(now), BootstrapToken.uses_left == BootstrapToken.max_uses)
+        .group_by(BootstrapToken.group)).all()
+    return Gauges(earliest_expiry=earliest, unused_tokens={group: n for group, n in rows})
+
+
+def _live_tokens(now: datetime) -> tuple[ColumnElement[bool], ...]:
+    return (col(BootstrapToken.revoked_at).is_(None), col(BootstrapToken.uses_left) > 0,
+            col(BootstrapToken.expires_at) > now)
 
 
 def _owner(cert: Certificate) -> str:
@@ -129,9 +156,7 @@ def _suspended(session: Session) -> Iterator[Finding]:
 
 
 def _tokens(session: Session, now: datetime, within: timedelta) -> Iterator[Finding]:
-    live = session.exec(select(BootstrapToken).where(
-        col(BootstrapToken.revoked_at).is_(None), BootstrapToken.uses_left > 0,
-        BootstrapToken.expires_at > now)).all()
+    live = session.exec(select(BootstrapToken).where(*_live_tokens(now))).all()
     unused: dict[str, int] = {}
     for token in live:
         if token.uses_left == token.max_uses:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import ConfigError
+from fleet.logs import FORMATS as LOG_FORMATS
+from fleet.logs import LEVELS as LOG_LEVELS
 from fleet.pki.identity import DEVICE_ID_PATTERN, TRUST_DOMAIN_PATTERN
 from fleet.pki.keys import KEY_TYPES
 
@@ -118,6 +120,8 @@ class Settings:
     audit_refusal_sources: int
     audit_checkpoint_interval: timedelta
     audit_checkpoint_key_file: Path
+    log_level: str
+    log_format: str
     config_file: Path = field(default=DEFAULT_CONFIG)
 
     # Paths inside the data dir, in one place.
@@ -203,6 +207,8 @@ _SCHEMA: dict[tuple[str, str], tuple[str, str]] = {
     ("audit", "refusal_sources"): ("audit_refusal_sources", "int"),
     ("audit", "checkpoint_interval"): ("audit_checkpoint_interval", "duration"),
     ("audit", "checkpoint_key_file"): ("audit_checkpoint_key_file", "path"),
+    ("log", "level"): ("log_level", "str"),
+    ("log", "format"): ("log_format", "str"),
 }
 
 
@@ -312,9 +318,16 @@ def _validated(s: Settings) -> Settings:
         raise bad("public_base_url", "must start with http:// or https://")
     if not s.hostnames:
         raise bad("hostnames", "name at least one hostname or IP address")
-    for attribute in ("est_port", "broker_port", "est_metrics_port", "broker_metrics_port"):
+    for attribute in ("est_port", "broker_port"):
         if not 0 <= getattr(s, attribute) <= 65535:
             raise bad(attribute, "must be a port number 0-65535")
+    for attribute in ("est_metrics_port", "broker_metrics_port"):
+        if not METRICS_OFF <= getattr(s, attribute) <= 65535:
+            raise bad(attribute, f"must be a port number 0-65535, or {METRICS_OFF} for off")
+    if s.log_level not in LOG_LEVELS:
+        raise bad("log_level", f"use one of {', '.join(LOG_LEVELS)}")
+    if s.log_format not in LOG_FORMATS:
+        raise bad("log_format", f"use one of {', '.join(LOG_FORMATS)}")
     for attribute in (
         "token_uses", "est_workers", "est_max_body_bytes", "est_max_concurrent_requests",
         "est_auth_failures_per_minute", "est_body_min_rate", "est_max_connections",
@@ -349,6 +362,8 @@ def _validated(s: Settings) -> Settings:
 
 MQTT_MAX_PACKET_BYTES = 268_435_455
 """The largest remaining length MQTT 3.1.1 can encode (2.2.3)."""
+METRICS_OFF = -1
+"""The ``est.metrics_port`` / ``broker.metrics_port`` that serves no metrics (0: a free port)."""
 
 RESERVED_LABELS = frozenset({"cacerts", "simpleenroll", "simplereenroll", "csrattrs",
                              "serverkeygen", "fullcmc"})

@@ -6,6 +6,12 @@ too slow, wrong media type, rate limit, load shedding) are audited here; the aut
 its own. Refusals without a verified identity (every simpleenroll refusal decided here, any
 request shed for load) go to the authority's refusal digest, folded per source and interval;
 those of a renewal with a TLS-verified certificate are recorded one by one.
+
+Every request gets one log line with its outcome (fleet.logs fields: request id, method,
+path, status, duration, source, the token id or certificate it presented, the serial issued
+or the refusal's reason; never a token's secret) at INFO, DEBUG for refusals without a
+verified identity (the refusal digest sums those up), WARNING for server errors; the request
+id is also sent back as ``X-Request-ID``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -30,9 +37,11 @@ from fleet.errors import (
     AuthenticationError,
     ConflictError,
     FleetError,
+    IdentityError,
     InvalidTokenError,
     PKIError,
 )
+from fleet.logs import fields
 from provisioning import auth, wire
 from provisioning.connections import EstConnection
 from provisioning.emqx import EmqxHooks
@@ -54,6 +63,14 @@ EST_ROOT = "/.well-known/est"
 OPERATIONS = ("cacerts", "simpleenroll", "simplereenroll", "csrattrs")
 ACTIONS = {"simpleenroll": "enroll", "simplereenroll": "reenroll"}
 """The audit action of each enrollment operation."""
+
+REQUEST_ID = "X-Request-ID"
+SUBJECT = web.RequestKey("fleet.subject", dict[str, str | None])
+"""The fields naming who asked: the token id, or the certificate's identity and serial."""
+OUTCOME = web.ResponseKey("fleet.outcome", dict[str, str | None])
+"""The fields of a response's outcome: the serial issued, or the refusal's reason."""
+LEVEL = web.ResponseKey("fleet.level", int)
+"""The level of the request's log line, when not INFO."""
 
 log = logging.getLogger("provisioning")
 T = TypeVar("T")
@@ -166,6 +183,7 @@ class EstService:
         try:
             credential = auth.token_credential(request.headers.get(hdrs.AUTHORIZATION))
             key = (source, auth.token_id(credential))
+            request[SUBJECT] = {"token_id": key[1]}
             device_id = _device_id_or_none(credential.username)
             self.limiter.check(key)
             csr = await self._csr(request)
@@ -187,6 +205,8 @@ class EstService:
         self.group_of(request)
         source, actor = _source(request)
         certificate = auth.peer_certificate(request.transport)
+        if certificate is not None:
+            request[SUBJECT] = self._presented(certificate)
         if certificate is None:
             error: FleetError = auth.missing_certificate()
             self.authority.refused_unverified("reenroll", error, actor=actor)
@@ -219,12 +239,21 @@ class EstService:
             await self._audit_edge_refusal(action, error, actor)
             raise error from exc
 
+    def _presented(self, certificate: x509.Certificate) -> dict[str, str | None]:
+        presented: dict[str, str | None] = {"serial": serial_hex(certificate.serial_number)}
+        try:
+            identity = pki.identity_from_certificate(certificate,
+                                                     self.authority.settings.trust_domain)
+        except IdentityError:
+            return presented
+        return {"identity": str(identity), **presented}
+
     def _issued(self, operation: str, issued: Issued) -> web.Response:
-        self.metrics.certificate_issued(operation)
-        log.info("%s issued serial %s to %s", operation, issued.record.serial,
-                 issued.record.device_id)
-        return web.Response(body=wire.certs_only_body([issued.certificate]),
-                            headers=wire.base64_headers(wire.CERTS_ONLY))
+        response = web.Response(body=wire.certs_only_body([issued.certificate]),
+                                headers=wire.base64_headers(wire.CERTS_ONLY))
+        response[OUTCOME] = {"issued": issued.record.serial,
+                             "device_id": issued.record.device_id}
+        return response
 
     # -- refusals ---------------------------------------------------------------------------
 
@@ -237,9 +266,10 @@ class EstService:
 
     def _refused(self, operation: str, error: FleetError, source: str | None = None, *,
                  failed: AuthKey | None = None, verified: bool = False) -> web.Response:
-        """The refusal's response and log line; a failed authentication counts against
-        *failed*. Without a verified identity the line is DEBUG (the refusal digest sums
-        them up), but a timed-out or aborted request always gets its line."""
+        """The refusal's response, with the reason and level of its request's log line; a
+        failed authentication counts against *failed*. Without a verified identity the line
+        is DEBUG (the refusal digest sums them up), but a timed-out or aborted request always
+        gets its line."""
         status = status_of(error)
         if (failed is not None and isinstance(error, AuthenticationError)
                 and not isinstance(error, auth.MissingCredentialsError)):
@@ -250,45 +280,61 @@ class EstService:
             level = logging.INFO
         else:
             level = logging.DEBUG
-        log.log(level, "%s refused with %d for %s: %s", operation, status, source or "-",
-                error.message)
-        return refusal(error)
+        response = refusal(error)
+        outcome: dict[str, str | None] = {"reason": error.message}
+        response[OUTCOME] = outcome
+        response[LEVEL] = level
+        return response
 
     @web.middleware
     async def observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Bound the requests in progress (in total and per source), answer unforeseen
-        errors with 500, count outcomes."""
+        errors with 500, count outcomes, log each request's outcome."""
         started = time.perf_counter()
+        request_id = secrets.token_hex(8)
         operation = _operation(request.path)
         source, actor = _source(request)
         connection = request.protocol
         if isinstance(connection, EstConnection):
             connection.request_started()
         status = 500
+        response: web.StreamResponse | None = None
         try:
             self.requests.enter(source)
         except ServerBusyError as error:
             if operation in ACTIONS:
                 self.authority.refused_unverified(ACTIONS[operation], error, actor=actor)
-            status = 503
-            return self._refused(operation, error, source)
+            response = self._refused(operation, error, source)
         else:
             try:
                 response = await handler(request)
-                status = response.status
-                return response
             except web.HTTPException as exc:
                 status = exc.status
+                exc.headers[REQUEST_ID] = request_id
                 raise
             except Exception:
-                log.exception("%s failed", operation)
-                return web.Response(status=500, text="internal server error\n")
+                log.exception("%s failed", operation, extra=fields(request_id=request_id))
+                response = web.Response(status=500, text="internal server error\n")
             finally:
                 self.requests.leave(source)
         finally:
             if isinstance(connection, EstConnection):
                 connection.request_finished()
-            self.metrics.observe(operation, status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            if response is not None:
+                status = response.status
+                response.headers[REQUEST_ID] = request_id
+            self.metrics.observe(operation, status, seconds)
+            outcome = response.get(OUTCOME, {}) if response is not None else {}
+            level = response.get(LEVEL, logging.WARNING if status >= 500 else logging.INFO) \
+                if response is not None else logging.INFO
+            log.log(level, _outcome_line(operation, request, status, source, outcome),
+                    extra=fields(
+                        request_id=request_id, method=request.method, path=request.path,
+                        status=status, duration_ms=round(seconds * 1000, 3), source=source,
+                        operation=operation, **request.get(SUBJECT, {}), **outcome))
+        assert response is not None  # an HTTPException was raised again above
+        return response
 
 
 def build_app(service: EstService) -> web.Application:
@@ -311,6 +357,15 @@ def _operation(path: str) -> str:
         return "ocsp"
     last = path.rstrip("/").rsplit("/", 1)[-1]
     return last if last in (*OPERATIONS, "crl", "healthz") else "other"
+
+
+def _outcome_line(operation: str, request: web.Request, status: int, source: str,
+                  outcome: dict[str, str | None]) -> str:
+    if "reason" in outcome:
+        return f"{operation} refused with {status} for {source}: {outcome['reason']}"
+    if "issued" in outcome:
+        return f"{operation} issued serial {outcome['issued']} to {outcome['device_id']}"
+    return f"{request.method} {request.path} {status}"
 
 
 def _device_id_or_none(value: str | None) -> str | None:

@@ -1,8 +1,9 @@
 """Running the EST service: in this event loop (``start``) or as the blocking ``serve``.
 
 ``serve(..., workers=N)`` runs N processes that each bind the same port with SO_REUSEPORT, so
-the kernel spreads connections over them; each has its own database pool, thread pool and
-counters (worker *i* serves metrics on ``est_metrics_port + i``).
+the kernel spreads connections over them; each has its own database pool and thread pool.
+They share the metrics port the same way, in prometheus-client's multiprocess mode: whichever
+worker a scrape reaches answers with the sum of all of them (fleet.metrics).
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from typing import Any
 
 from aiohttp import web
 
+from fleet import logs
 from fleet.audit import Aggregate, Flush, RefusalDigest, actor_of
 from fleet.authority import Authority
 from fleet.ca import load_ca
 from fleet.errors import ConfigError, FleetError, RegistryUnavailableError
+from fleet.metrics import METRICS_PATH, MetricsServer, multiprocess_dir, scraped
 from fleet.registry import make_engine, migrate
-from fleet.settings import Settings
+from fleet.settings import METRICS_OFF, Settings
 from provisioning.app import EST_ROOT, EstService, build_app
 from provisioning.connections import Listener, Timeouts
 from provisioning.limits import Occupancy
-from provisioning.metrics import Metrics, serve_metrics
+from provisioning.metrics import Metrics
 from provisioning.tls import server_context
 
 log = logging.getLogger("provisioning")
@@ -49,10 +52,11 @@ class RunningServer:
     """A started EST service; ``port`` is the port actually bound, ``refusals`` the digest of
     its refusals without a verified identity (recorded every interval and on close)."""
 
-    def __init__(self, *, port: int, metrics_port: int | None, refusals: RefusalDigest,
+    def __init__(self, *, port: int, metrics: MetricsServer | None, refusals: RefusalDigest,
                  close: Callable[[], Awaitable[None]]) -> None:
         self.port = port
-        self.metrics_port = metrics_port
+        self.metrics_port = metrics.port if metrics is not None else None
+        self.metrics_url = f"{metrics.url}{METRICS_PATH}" if metrics is not None else None
         self.refusals = refusals
         self._close = close
         self._closed = False
@@ -66,7 +70,8 @@ class RunningServer:
 
 async def start(settings: Settings, *, host: str, port: int,
                 reuse_port: bool = False) -> RunningServer:
-    """Start the EST service (HTTPS) and its metrics port in the running event loop."""
+    """Start the EST service (HTTPS) and, unless est.metrics_port is -1, its metrics on
+    127.0.0.1 (0: a free port; one in use is a ConfigError) in the running event loop."""
     context = server_context(settings)
     ca = await asyncio.to_thread(load_ca, settings)
     url = settings.effective_database_url
@@ -89,7 +94,7 @@ async def start(settings: Settings, *, host: str, port: int,
 
     runner = web.AppRunner(build_app(service), shutdown_timeout=SHUTDOWN_SECONDS)
     listener: Listener | None = None
-    metrics_runner: web.AppRunner | None = None
+    metrics_server: MetricsServer | None = None
     digest.start(flush)
     try:
         await runner.setup()
@@ -108,10 +113,13 @@ async def start(settings: Settings, *, host: str, port: int,
                 "connect", error, actor=actor_of("est", source)))
         listener.start()
         bound = sock.getsockname()[1]
-        metrics_port = None
-        if settings.est_metrics_port:
-            metrics_runner, metrics_port = await _start_metrics(metrics,
-                                                                settings.est_metrics_port)
+        if settings.est_metrics_port != METRICS_OFF:
+            metrics_sock = listen_socket("127.0.0.1", settings.est_metrics_port,
+                                         reuse_port=reuse_port, setting="est.metrics_port")
+            metrics_server = MetricsServer(
+                sock=metrics_sock, registry=scraped(metrics.registry, metrics.registry_state),
+                before_scrape=lambda: metrics.registry_state.refresh(service.call, engine))
+            await metrics_server.start()
     except BaseException:
         await _stop(listener, runner, digest, flush)
         executor.shutdown(wait=False)
@@ -119,15 +127,15 @@ async def start(settings: Settings, *, host: str, port: int,
         raise
 
     async def close() -> None:
-        if metrics_runner is not None:
-            await metrics_runner.cleanup()
+        if metrics_server is not None:
+            await metrics_server.close()
         await _stop(listener, runner, digest, flush)
         await asyncio.to_thread(executor.shutdown, wait=True)
         engine.dispose()
 
     log.info("EST service on %s:%d (metrics: %s)", host, bound,
-             f"127.0.0.1:{metrics_port}" if metrics_port else "off")
-    return RunningServer(port=bound, metrics_port=metrics_port, refusals=digest, close=close)
+             metrics_server.url if metrics_server is not None else "off")
+    return RunningServer(port=bound, metrics=metrics_server, refusals=digest, close=close)
 
 
 async def _stop(listener: Listener | None, runner: web.AppRunner, digest: RefusalDigest,
@@ -137,16 +145,6 @@ async def _stop(listener: Listener | None, runner: web.AppRunner, digest: Refusa
         await listener.close()
     await runner.cleanup()
     await digest.stop(flush)
-
-
-async def _start_metrics(metrics: Metrics, port: int) -> tuple[web.AppRunner | None, int | None]:
-    """Metrics are an aid, not a duty: a busy metrics port is logged, not fatal."""
-    try:
-        sock = listen_socket("127.0.0.1", port, reuse_port=False, setting="est.metrics_port")
-    except ConfigError as exc:
-        log.warning("metrics disabled: %s", exc.message)
-        return None, None
-    return await serve_metrics(metrics, sock), sock.getsockname()[1]
 
 
 def listen_socket(host: str, port: int, *, reuse_port: bool, setting: str) -> socket.socket:
@@ -176,23 +174,17 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
     """Serve until SIGINT or SIGTERM; prints one line when ready to accept connections."""
     if workers < 1:
         raise ConfigError("est.workers", workers, "must be at least 1")
-    _configure_logging()
+    configure_logs(settings)
     if workers == 1:
         _run(_serve_here(settings, host=host, port=port))
         return
     _serve_workers(settings, host=host, port=port, workers=workers)
 
 
-def _configure_logging() -> None:
-    """INFO to stderr unless logging is configured already.
-
-    The service logs every issuance and refusal itself; aiohttp's per-request access log adds
-    nothing security-relevant and costs CPU on every connection, so it stays quiet.
-    """
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s "
-                                                       "%(name)s[%(process)d]: %(message)s")
-        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+def configure_logs(settings: Settings) -> None:
+    """log.level and log.format to stderr (fleet.logs). The service logs every request's
+    outcome itself; aiohttp's access log stays quiet."""
+    logs.configure(level=settings.log_level, format=settings.log_format)
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -210,6 +202,10 @@ def ready_line(host: str, port: int) -> str:
     return f"EST listening on https://{shown}:{port}{EST_ROOT}"
 
 
+def metrics_line(port: int) -> str:
+    return f"metrics: http://127.0.0.1:{port}{METRICS_PATH}"
+
+
 async def _serve_here(settings: Settings, *, host: str, port: int, reuse_port: bool = False,
                       ready: Callable[[int], None] | None = None) -> None:
     stop = asyncio.Event()
@@ -220,6 +216,8 @@ async def _serve_here(settings: Settings, *, host: str, port: int, reuse_port: b
     try:
         if ready is None:
             print(ready_line(host, server.port), flush=True)
+            if server.metrics_port is not None:
+                print(metrics_line(server.metrics_port), flush=True)
         else:
             ready(server.port)
         await stop.wait()
@@ -228,9 +226,30 @@ async def _serve_here(settings: Settings, *, host: str, port: int, reuse_port: b
 
 
 def _serve_workers(settings: Settings, *, host: str, port: int, workers: int) -> None:
-    # Hold the port (bound, not listening) so that port 0 resolves once for every worker.
-    reservation = listen_socket(host, port, reuse_port=True, setting="est.port")
-    port = reservation.getsockname()[1]
+    # Hold the ports (bound, not listening) so that port 0 resolves once for every worker.
+    reservations = [listen_socket(host, port, reuse_port=True, setting="est.port")]
+    try:
+        port = reservations[0].getsockname()[1]
+        metrics_port = None
+        if settings.est_metrics_port != METRICS_OFF:
+            reservations.append(listen_socket("127.0.0.1", settings.est_metrics_port,
+                                              reuse_port=True, setting="est.metrics_port"))
+            metrics_port = reservations[1].getsockname()[1]
+            settings = settings.with_overrides(est_metrics_port=metrics_port)
+        with multiprocess_dir():
+            _run_workers(settings, host=host, port=port, workers=workers,
+                         reservations=reservations, metrics_port=metrics_port)
+    finally:
+        _release(reservations)
+
+
+def _release(reservations: list[socket.socket]) -> None:
+    for sock in reservations:
+        sock.close()
+
+
+def _run_workers(settings: Settings, *, host: str, port: int, workers: int,
+                 reservations: list[socket.socket], metrics_port: int | None) -> None:
     spawn = multiprocessing.get_context("spawn")
     children: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
     stopping = False
@@ -243,22 +262,20 @@ def _serve_workers(settings: Settings, *, host: str, port: int, workers: int) ->
     try:
         for index in range(workers):
             receiver, sender = spawn.Pipe(duplex=False)
-            worker_settings = settings
-            if settings.est_metrics_port:
-                worker_settings = settings.with_overrides(
-                    est_metrics_port=settings.est_metrics_port + index)
             process: multiprocessing.process.BaseProcess = spawn.Process(
                 target=_worker, name=f"est-worker-{index}",
-                args=(worker_settings, host, port, sender), daemon=True)
+                args=(settings, host, port, sender), daemon=True)
             process.start()
             sender.close()
             children.append((process, receiver))
         for process, receiver in children:
             _await_ready(process, receiver, lambda: stopping)
-        reservation.close()
+        _release(reservations)
         if stopping:
             return
         print(ready_line(host, port), flush=True)
+        if metrics_port is not None:
+            print(metrics_line(metrics_port), flush=True)
         log.info("EST service running %d worker processes", workers)
         while not stopping:
             for process, _ in children:
@@ -267,7 +284,6 @@ def _serve_workers(settings: Settings, *, host: str, port: int, workers: int) ->
                     raise FleetError(f"EST worker {process.name} exited with code "
                                      f"{process.exitcode}")
     finally:
-        reservation.close()
         for process, _ in children:
             if process.is_alive():
                 process.terminate()
@@ -300,7 +316,7 @@ def _await_ready(process: multiprocessing.process.BaseProcess, receiver: Connect
 
 def _worker(settings: Settings, host: str, port: int, ready: Connection) -> None:
     """One worker process: serve on the shared port, report readiness to the parent."""
-    _configure_logging()
+    configure_logs(settings)
     started = False
 
     def report(_port: int) -> None:

@@ -29,6 +29,7 @@ import fleet.checkpoints.key
 import fleet.tokens
 from fleet.authority import Authority
 from fleet.ca import CA, ensure_server_certificate, init_ca
+from fleet.logs import fields_of
 from fleet.registry import AuditEvent, make_engine, migrate, utcnow
 from fleet.registry import events as events_db
 from fleet.settings import Settings, load_settings
@@ -108,8 +109,8 @@ def _ca_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def _broker_metrics_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """broker.metrics_port is one fixed port by default: brokers started by tests (and their
-    child processes) leave it off, and a test of /metrics picks a free port."""
-    monkeypatch.setenv("FLEET_BROKER_METRICS_PORT", "0")
+    child processes) leave it off, and a test of /metrics asks for a free port (0)."""
+    monkeypatch.setenv("FLEET_BROKER_METRICS_PORT", "-1")
 
 
 @pytest.fixture(scope="session")
@@ -277,7 +278,8 @@ SECRETS = SecretBook()
 class _SecretLogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            SECRETS.check(f"a log record of {record.name}", self.format(record))
+            SECRETS.check(f"a log record of {record.name}",  # its fields too (fleet.logs)
+                          f"{self.format(record)} {fields_of(record)}")
         except Exception:  # a record that cannot be formatted holds nothing to find
             self.handleError(record)
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from fleet.errors import ConfigError
 from fleet.settings import (
     DEFAULT_CONFIG,
+    METRICS_OFF,
     RESERVED_LABELS,
     format_duration,
     load_settings,
@@ -154,7 +155,29 @@ BAD_ENV = [
                  id="persistence-not-a-boolean"),
     pytest.param("FLEET_BROKER_METRICS_PORT", "70000", "broker.metrics_port",
                  id="metrics-port-70000"),
+    pytest.param("FLEET_BROKER_METRICS_PORT", "-2", "broker.metrics_port",
+                 id="metrics-port-below-off"),
+    pytest.param("FLEET_EST_METRICS_PORT", "-2", "est.metrics_port",
+                 id="est-metrics-port-below-off"),
+    pytest.param("FLEET_LOG_LEVEL", "loud", "log.level", id="log-level-unknown"),
+    pytest.param("FLEET_LOG_FORMAT", "xml", "log.format", id="log-format-unknown"),
 ]
+
+
+@pytest.mark.parametrize("variable", ["FLEET_EST_METRICS_PORT", "FLEET_BROKER_METRICS_PORT"])
+@pytest.mark.parametrize(("value", "port"), [("-1", -1), ("0", 0)])
+def test_metrics_port_minus_one_is_off_and_zero_a_free_port(variable: str, value: str,
+                                                            port: int) -> None:
+    settings = load_settings(environ={variable: value})
+    attribute = "est_metrics_port" if "EST" in variable else "broker_metrics_port"
+    assert getattr(settings, attribute) == port == (METRICS_OFF if value == "-1" else 0)
+
+
+def test_log_level_and_format_default_to_info_text_and_follow_the_environment() -> None:
+    assert (load_settings(environ={}).log_level, load_settings(environ={}).log_format) \
+        == ("info", "text")
+    settings = load_settings(environ={"FLEET_LOG_LEVEL": "debug", "FLEET_LOG_FORMAT": "json"})
+    assert (settings.log_level, settings.log_format) == ("debug", "json")
 
 
 @pytest.mark.parametrize(("variable", "value", "key"), BAD_ENV)

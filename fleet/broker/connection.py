@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -65,13 +66,15 @@ class Connection:
     __slots__ = (
         "_acknowledged", "_keep_alive", "_pending", "_pending_sent", "_pending_sent_bytes",
         "_publish", "_receive", "_stream", "admitted_at", "client_id", "closing_reason",
-        "dropped", "finished", "grants", "identity", "last_rx", "loop", "peer", "serial",
+        "dropped", "finished", "grants", "id", "identity", "last_rx", "loop", "peer", "serial",
         "session", "suppress_will", "transport", "unflushed", "unflushed_bytes",
     )
 
     def __init__(self, *, transport: asyncio.WriteTransport, serial: str,
                  identity: Identity | None, peer: str) -> None:
         self.loop = asyncio.get_running_loop()
+        self.id = secrets.token_hex(6)
+        """Names this connection in the broker's log lines."""
         self.transport = transport
         self.identity = identity
         self.serial = serial

@@ -63,6 +63,7 @@ from amqtt.session import ApplicationMessage, OutgoingApplicationMessage, Sessio
 from fleet.acl import matches
 from fleet.broker import packets, session
 from fleet.broker.connection import Connection, ConnectionReader, ConnectionWriter, connection_of
+from fleet.broker.health import BrokerMetrics
 from fleet.broker.plugins import TopicPolicyPlugin
 from fleet.broker.quotas import (
     MAX_FILTER_BYTES,
@@ -133,7 +134,8 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     """amqtt Broker fed only by the CONNECT gate (listener type ``external``)."""
 
     def __init__(self, config: dict[str, Any], *, quotas: Quotas, session_expiry: float,
-                 on_denied: Denied, on_quota: OnQuota) -> None:
+                 on_denied: Denied, on_quota: OnQuota,
+                 metrics: BrokerMetrics | None = None) -> None:
         session.install()
         super().__init__(config)
         plugins = [p for p in self.plugins_manager.plugins if isinstance(p, TopicPolicyPlugin)]
@@ -143,6 +145,9 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self.quotas = quotas
         self._on_denied = on_denied
         self._on_quota = on_quota
+        metrics = metrics or BrokerMetrics()
+        self._received, self._delivered = metrics.received, metrics.delivered
+        self._dropped = metrics.dropped_queue_full
         self._retained = RetainedLedger(max_messages=quotas.max_retained_messages,
                                         max_bytes=quotas.max_retained_bytes)
         self._subscriptions: SubscriptionTable[Session] = SubscriptionTable()
@@ -406,6 +411,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                  retain: bool) -> bool:
         """May *session* publish to *topic*? A refused PUBLISH is dropped (and audited); one
         to an invalid topic name never gets here (fleet.broker.conformance closes it)."""
+        self._received.inc()
         if self._listened:
             message = ApplicationMessage(None, topic, qos, data, retain)
             self._notify(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id,
@@ -496,6 +502,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             packet = packets.publish(topic, data, retain=retain)
             if self._admits(target, connection, len(packet)):
                 connection.send(packet)
+                self._delivered.inc()
             return
         if not self._admits(target, connection, weight(topic, data)):
             return
@@ -504,6 +511,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         target.sent(OutgoingApplicationMessage(packet_id, topic, qos, data, retain))
         connection.write(
             packets.publish(topic, data, qos=qos, packet_id=packet_id, retain=retain))
+        self._delivered.inc()
 
     def _admits(self, target: Session, connection: Connection | None, size: int) -> bool:
         """Does one more message of *size* bytes fit *target*'s queue budget: what it holds,
@@ -524,6 +532,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             return True
         if connection is not None:
             connection.dropped += 1
+        self._dropped.inc()
         if budget.begins(QUEUE):
             quota = ("max_queued_messages" if messages > quotas.max_queued_messages
                      else "max_queued_bytes")

@@ -51,6 +51,7 @@ from fleet.errors import (
     IdentityError,
     RegistryUnavailableError,
 )
+from fleet.logs import fields
 from fleet.pki import Identity
 from fleet.registry.models import utcnow
 from fleet.settings import Settings
@@ -63,13 +64,19 @@ MAX_CONNECT_BYTES = 65536
 _CLOSE_WAIT = 1.0
 
 
-class Refused(Exception):
-    """The gate refuses the CONNECT with this CONNACK code (None: close without CONNACK)."""
+PROTOCOL = "protocol"
+"""The check named by refusals of a CONNECT that could not be read or parsed."""
 
-    def __init__(self, code: int | None, error: FleetError) -> None:
+
+class Refused(Exception):
+    """The gate refuses the CONNECT with this CONNACK code (None: close without CONNACK);
+    *check* names what refused it (an admission check, or PROTOCOL)."""
+
+    def __init__(self, code: int | None, error: FleetError, check: str = PROTOCOL) -> None:
         super().__init__(str(error))
         self.code = code
         self.error = error
+        self.check = check
 
 
 class Gate:
@@ -113,10 +120,16 @@ class Gate:
                 await self._refuse(connection, writer, refusal)
                 return
             admitted()
+            self._metrics.admitted(connection.identity.kind if connection.identity else "-")
+            log.info("connection admitted", extra=_fields(
+                connection, client_id=connect.client_id, keep_alive=connect.keep_alive,
+                clean_session=connect.clean_session))
             # Not held for the connection's lifetime (a parsed certificate and its cached
             # extensions are kilobytes per connection); Connection.certificate() reads it again.
             del certificate
             await self._run(connection, connect, admission, reader, writer)
+            log.info("connection closed", extra=_fields(
+                connection, reason=connection.closing_reason or "closed by the client"))
         finally:
             self._connections.remove(connection)
             connection.close()
@@ -153,13 +166,13 @@ class Gate:
             assert refusal.error is not None
             if not isinstance(refusal.error, RegistryUnavailableError):
                 refusal.error.context.update(peer=connection.peer, client_id=connect.client_id)
-            raise Refused(decision.connack, refusal.error)
+            raise Refused(decision.connack, refusal.error, refusal.check.name)
         assert decision.admission is not None
         if connection.closing:
             raise Refused(None, ForbiddenError(
                 f"{connection.identity} was dropped while being admitted: "
                 f"{connection.closing_reason}", device_id=_device_id(connection.identity),
-                peer=connection.peer, client_id=connect.client_id))
+                peer=connection.peer, client_id=connect.client_id), "revocation")
         return decision.admission
 
     def _owner(self, client_id: str) -> Identity | None:
@@ -175,7 +188,11 @@ class Gate:
                       refusal: Refused) -> None:
         self._audit.refused("broker.connect", refusal.error, serial=connection.serial,
                             device_id=_device_id(connection.identity))
-        self._metrics.refused(refusal.code)
+        self._metrics.refused(refusal.code, refusal.check)
+        log.info("connection refused", extra=_fields(
+            connection, client_id=refusal.error.context.get("client_id"),
+            connack="none" if refusal.code is None else f"0x{refusal.code:02x}",
+            check=refusal.check, reason=refusal.error.message))
         if refusal.code is None or writer.transport.is_closing():
             return
         writer.write(packets.connack(refusal.code))
@@ -227,6 +244,15 @@ class Gate:
     def _idle(connection: Connection) -> None:
         log.info("%s silent for 1.5 x keep-alive: dropped", connection)
         connection.abort("keep-alive timeout")
+
+
+def _fields(connection: Connection, *, client_id: object = None,
+            **more: object) -> dict[str, object]:
+    """The fields of a connection's log lines (its client id once it has claimed one)."""
+    return fields(connection_id=connection.id, peer=connection.peer,
+                  identity=str(connection.identity) if connection.identity else None,
+                  serial=connection.serial, client_id=client_id or connection.client_id,
+                  **more)
 
 
 def _device_id(identity: Identity | None) -> str | None:

@@ -27,8 +27,10 @@ from fleet.broker.tls import server_context
 from fleet.broker.watcher import RevocationWatcher
 from fleet.ca import load_trust
 from fleet.errors import ConfigError, FleetError, ForbiddenError
+from fleet.logs import fields
+from fleet.metrics import METRICS_PATH
 from fleet.registry import make_engine, migrate
-from fleet.settings import Settings
+from fleet.settings import METRICS_OFF, Settings
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ def broker_config() -> dict[str, Any]:
 
 class RunningServer:
     """A started broker; ``port`` is the port actually bound, ``health`` serves /metrics and
-    /healthz (None: broker.metrics_port is 0)."""
+    /healthz (None: broker.metrics_port is -1, off)."""
 
     def __init__(self, *, host: str, port: int, listener: TLSListener, broker: FleetBroker,
                  watcher: RevocationWatcher, backend: Backend, audit: Audit,
@@ -62,6 +64,10 @@ class RunningServer:
         self._backend = backend
         self._audit = audit
         self._closed = False
+
+    @property
+    def metrics_url(self) -> str | None:
+        return f"{self.health.url}{METRICS_PATH}" if self.health is not None else None
 
     async def close(self) -> None:
         """Stop accepting, drop every connection, stop amqtt and the watcher."""
@@ -83,7 +89,8 @@ class RunningServer:
 
 async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
     """Start the broker on *host*:*port* (0 picks a free port), and /metrics and /healthz on
-    *host*:broker.metrics_port unless it is 0 (a port in use is a ConfigError)."""
+    *host*:broker.metrics_port unless it is -1 (0 picks a free port, one in use is a
+    ConfigError)."""
     quiet = logging.getLogger("amqtt")  # its per-connection chatter, unless configured
     if quiet.level == logging.NOTSET:
         quiet.setLevel(logging.ERROR)
@@ -93,7 +100,7 @@ async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
         raise ConfigError("broker.acl_file", str(settings.acl_file), str(exc)) from None
     context = server_context(settings)
     health_socket = (listening_socket(host, settings.broker_metrics_port)
-                     if settings.broker_metrics_port else None)
+                     if settings.broker_metrics_port != METRICS_OFF else None)
     try:
         return await _start(settings, host=host, port=port, policy=policy, context=context,
                             health_socket=health_socket)
@@ -121,6 +128,7 @@ async def _start(settings: Settings, *, host: str, port: int, policy: Policy,
         error = ForbiddenError(f"{identity or 'unknown client'} may not {action} {topic!r}",
                                topic=topic, peer=connection.peer if connection else None)
         audit.denied(f"broker.{action}", error, identity=str(identity or "unknown"), topic=topic)
+        metrics.denied(action.value)
 
     def quota(connection: Connection | None, name: str, detail: str) -> None:
         identity = connection.identity if connection is not None else None
@@ -132,7 +140,7 @@ async def _start(settings: Settings, *, host: str, port: int, policy: Policy,
 
     broker = FleetBroker(broker_config(), quotas=Quotas.from_settings(settings),
                          session_expiry=settings.session_expiry.total_seconds(),
-                         on_denied=denied, on_quota=quota)
+                         on_denied=denied, on_quota=quota, metrics=metrics)
     await broker.start()
     watcher = RevocationWatcher(backend=backend, audit=audit, connections=connections,
                                 broker=broker,
@@ -144,6 +152,10 @@ async def _start(settings: Settings, *, host: str, port: int, policy: Policy,
 
     def handshake_refused(error: FleetError) -> None:
         audit.unverified("broker.handshake", error)
+        metrics.handshakes_refused.inc()
+        # Anyone can provoke these at will: the refusal digest sums them up.
+        log.debug("handshake refused", extra=fields(peer=error.context.get("peer"),
+                                                    reason=error.message))
 
     listener = TLSListener(
         context=context, max_connections=settings.max_connections,
@@ -153,7 +165,9 @@ async def _start(settings: Settings, *, host: str, port: int, policy: Policy,
         on_refused=handshake_refused)
     await watcher.start()
     bound = await listener.start(host, port)
-    metrics.observe(poll_age=watcher.poll_age, connections_open=lambda: len(connections))
+    metrics.observe(poll_age=watcher.poll_age,
+                    pending=lambda: listener.pending_connections,
+                    admitted=lambda: listener.open_connections - listener.pending_connections)
     health = None
     if health_socket is not None:
         health = HealthServer(sock=health_socket, metrics=metrics, health=watcher.health)
@@ -178,8 +192,8 @@ async def _serve(settings: Settings, *, host: str, port: int) -> None:
     shown = f"[{running.host}]" if ":" in running.host else running.host
     print(f"MQTT listening on mqtts://{shown}:{running.port}", flush=True)
     if running.health is not None:
-        print(f"metrics on {running.health.url}/metrics, health on {running.health.url}/healthz",
-              flush=True)
+        print(f"metrics: {running.metrics_url}", flush=True)
+        print(f"health: {running.health.url}/healthz", flush=True)
     try:
         await stop.wait()
     finally:

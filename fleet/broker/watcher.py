@@ -29,7 +29,8 @@ superseded by a renewal, usable for its grace) has each connection asked about a
 purges nothing; a superseded certificate's connections still admitted are dropped when its
 grace (``certificates.superseded_grace``) ends. A connection whose admission has not started
 (its CONNECT not read yet), whatever the event, is left to the gate, which reads the current
-state and answers with a CONNACK.
+state and answers with a CONNACK. Each drop for a revocation or suspension is timed from the
+event's record in the registry (``fleet_broker_revocation_drop_seconds``).
 
 The watcher never stops on an error. A poll that raises anything (an unreachable registry,
 SQLite's "database is locked", a bug in applying an event) is logged and counted
@@ -182,7 +183,9 @@ class RevocationWatcher:
     def _drop(self, connections: list[Connection], reason: str, event: RevocationEvent) -> int:
         """Drop *connections* without their wills; returns how many wills were withheld."""
         wills = 0
-        self._metrics.dropped(event.kind, len(connections))
+        timed = event.kind != SUPERSEDED  # a superseded certificate is dropped when its grace ends
+        self._metrics.dropped(event.kind, len(connections), latency=(
+            utcnow() - event.created_at).total_seconds() if timed else None)
         for connection in connections:
             session = connection.session
             wills += session is not None and bool(session.will_flag)

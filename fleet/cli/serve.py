@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import signal
 import ssl
 import sys
@@ -20,15 +21,18 @@ from typing import Annotated, Any, Protocol, cast
 
 import typer
 
+from fleet import logs
 from fleet.checkpoints import periodic
 from fleet.cli.context import fleet_of
 from fleet.cli.init import initialize
-from fleet.cli.output import command_group, note, say
+from fleet.cli.output import command_group, say
 from fleet.descriptors import fit_open_files
 from fleet.errors import FleetError
+from fleet.logs import FORMATS, LEVELS
 from fleet.settings import Settings
 
 app = command_group("Run one service in the foreground.")
+log = logging.getLogger(__name__)
 
 EST_MODULE = "provisioning.server"
 BROKER_MODULE = "fleet.broker.server"
@@ -36,6 +40,7 @@ BROKER_MODULE = "fleet.broker.server"
 
 class RunningServer(Protocol):
     port: int
+    metrics_url: str | None
 
     async def close(self) -> None: ...
 
@@ -62,6 +67,16 @@ def service(module_name: str, function: str) -> Any:
 
 HostOption = Annotated[str | None, typer.Option(
     "--host", help="Address to listen on.", show_default="config, 127.0.0.1")]
+LogLevelOption = Annotated[str | None, typer.Option(
+    "--log-level", metavar="|".join(LEVELS), show_default="config, info",
+    help="Log lines at this level and above (FLEET_LOG_LEVEL).")]
+LogFormatOption = Annotated[str | None, typer.Option(
+    "--log-format", metavar="|".join(FORMATS), show_default="config, text",
+    help="Log lines as text or as JSON objects, one a line (FLEET_LOG_FORMAT).")]
+
+
+def configure_logs(settings: Settings) -> None:
+    logs.configure(level=settings.log_level, format=settings.log_format)
 
 
 @app.command("est")
@@ -72,13 +87,17 @@ def est(
         "--port", min=0, max=65535, show_default="config, 8443")] = None,
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, show_default="config, 1", help="Worker processes.")] = None,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """The EST enrollment service (RFC 7030) over HTTPS."""
     fleet = fleet_of(ctx)
-    settings = fleet.override(est_host=host, est_port=port, est_workers=workers)
+    settings = fleet.override(est_host=host, est_port=port, est_workers=workers,
+                              log_level=log_level, log_format=log_format)
     serve = cast(Serve, service(EST_MODULE, "serve"))
     fleet.engine  # noqa: B018 - apply migrations before the workers start
     fleet.close()
+    configure_logs(settings)
     settings = fit_open_files(settings, services=("est",))
     with periodic(settings, role="est"):
         serve(settings, host=settings.est_host, port=settings.est_port,
@@ -91,13 +110,17 @@ def broker(
     host: HostOption = None,
     port: Annotated[int | None, typer.Option(
         "--port", min=0, max=65535, show_default="config, 8883")] = None,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """The MQTT broker (MQTT 3.1.1 over mutual TLS)."""
     fleet = fleet_of(ctx)
-    settings = fleet.override(broker_host=host, broker_port=port)
+    settings = fleet.override(broker_host=host, broker_port=port, log_level=log_level,
+                              log_format=log_format)
     serve = cast(Serve, service(BROKER_MODULE, "serve"))
     fleet.engine  # noqa: B018 - apply migrations before listening
     fleet.close()
+    configure_logs(settings)
     settings = fit_open_files(settings, services=("broker",))
     with periodic(settings, role="broker"):
         serve(settings, host=settings.broker_host, port=settings.broker_port)
@@ -147,16 +170,20 @@ def up(
     mqtt_port: Annotated[int | None, typer.Option(
         "--mqtt-port", min=0, max=65535, show_default="config, 8883")] = None,
     host: HostOption = None,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """EST service and broker in one process, in the foreground (initializes if needed)."""
     fleet = fleet_of(ctx)
-    fleet.override(est_port=est_port, broker_port=mqtt_port, est_host=host, broker_host=host)
     start_est = cast(Start, service(EST_MODULE, "start"))
     start_broker = cast(Start, service(BROKER_MODULE, "start"))
+    configure_logs(fleet.override(est_port=est_port, broker_port=mqtt_port, est_host=host,
+                                  broker_host=host, log_level=log_level,
+                                  log_format=log_format))
     report = initialize(fleet)
     if report.ca != "found" or report.server_certificate_issued:
         for line in report.lines():
-            note(line)
+            log.info("%s", line)
     fleet.close()
     settings = fit_open_files(fleet.settings, services=("est", "broker"))
     with periodic(settings, role="up"):
@@ -178,10 +205,13 @@ async def _run_both(settings: Settings, start_est: Start, start_broker: Start) -
         say(f"EST listening on https://{_authority(settings.est_host, est_server.port)}"
             "/.well-known/est")
         say(f"MQTT listening on mqtts://{_authority(settings.broker_host, mqtt_server.port)}")
+        for name, server in (("EST", est_server), ("MQTT", mqtt_server)):
+            if server.metrics_url is not None:
+                say(f"{name} metrics: {server.metrics_url}")
         say(f"data dir: {settings.data_dir}")
         sys.stdout.flush()
         await stop.wait()
-        note("stopping")
+        log.info("stopping")
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -189,7 +219,7 @@ async def _run_both(settings: Settings, start_est: Start, start_broker: Start) -
                                        return_exceptions=True)
         for result in results:
             if isinstance(result, Exception):
-                note(f"error while stopping: {result}")
+                log.error("error while stopping: %s", result)
 
 
 def _authority(host: str, port: int) -> str:

@@ -81,7 +81,7 @@ def start_broker(data_dir: Path, sqlite_authority: Authority) -> Iterator[StartB
               busy_timeout: str | None = None, **overrides: str) -> BrokerThread:
         env = {f"FLEET_BROKER_{key.upper()}": value for key, value in overrides.items()}
         env.setdefault("FLEET_AUDIT_REFUSAL_INTERVAL", "100ms")  # aggregates show up at once
-        env.setdefault("FLEET_BROKER_METRICS_PORT", "0")  # a test of /metrics picks a port
+        env.setdefault("FLEET_BROKER_METRICS_PORT", "-1")  # off; a test of /metrics asks for 0
         if database_url:
             env["FLEET_DATABASE_URL"] = database_url
         if superseded_grace:

@@ -1,4 +1,4 @@
-"""Reading a broker's /metrics and /healthz over real HTTP."""
+"""Reading a service's /metrics (and the broker's /healthz) over real HTTP."""
 
 from __future__ import annotations
 
@@ -38,8 +38,11 @@ def metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def metric(port: int, name: str, **labels: str) -> float:
-    """One sample's value (0 when the broker has not counted any yet)."""
-    return metrics(port).get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum of the samples of *name* that carry *labels* (and any others); 0 when the
+    service has counted none yet."""
+    wanted = set(labels.items())
+    return sum(value for (sample, have), value in metrics(port).items()
+               if sample == name and wanted <= set(have))
 
 
 def total(port: int, name: str) -> float:

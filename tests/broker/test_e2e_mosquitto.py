@@ -122,6 +122,7 @@ def data_dir(ca_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def stack(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp_path = tmp_path_factory.mktemp("e2e-clients")
     env = {**os.environ, "FLEET_DATA_DIR": str(data_dir), "FLEET_EST_METRICS_PORT": "0",
+           "FLEET_BROKER_METRICS_PORT": "0",
            "FLEET_CA_PASSPHRASE": TEST_PASSPHRASE}
     up = Lines([FLEET, "up", "--est-port", "0", "--mqtt-port", "0"], env=env)
     try:

@@ -251,7 +251,7 @@ def make_est(data_dir: Path, ca: CA, tmp_path: Path) -> Iterator[EstFactory]:
 
     def factory(database_url: str | None = None, **env: str) -> Est:
         url = database_url or f"sqlite:///{data_dir / 'fleet.db'}"
-        environ = {"FLEET_DATABASE_URL": url, "FLEET_EST_METRICS_PORT": "0", **env}
+        environ = {"FLEET_DATABASE_URL": url, "FLEET_EST_METRICS_PORT": "-1", **env}
         settings = load_settings(environ={"FLEET_DATA_DIR": str(data_dir), **environ})
         engine = make_engine(url, pool_size=5)
         with contextlib.suppress(RegistryUnavailableError):  # a service without its database
