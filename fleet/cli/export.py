@@ -76,7 +76,8 @@ def mosquitto(
         f"{len(services)} service(s): mosquitto -c {directory}/mosquitto.conf")
     if not shared:
         note(f"make {listener.keyfile} readable by the user Mosquitto runs as")
-    note(f"keep the CRL current: fleet crl --watch --out {listener.crlfile} --signal PID")
+    note(f"after a revocation: fleet crl --force --out {listener.crlfile}, then send "
+         "Mosquitto SIGHUP to reload it")
 
 
 @app.command("emqx")

@@ -8,7 +8,8 @@ policy of ``config/acl.toml`` becomes an ACL file: a device template that names 
 each device under a ``user`` block; a service's templates go under a ``user`` block per
 service. Fleet's *publish* is Mosquitto's ``write``, *subscribe* its ``read`` (which Mosquitto
 also checks on every delivery, as Fleet does). Revocation reaches Mosquitto through its
-``crlfile`` (``fleet crl --watch`` rewrites it and signals Mosquitto to reload).
+``crlfile``: rewrite it with ``fleet crl --force --out`` after a revocation and send
+Mosquitto SIGHUP, which makes it read the CRL again (it checks the CRL in new handshakes only).
 """
 
 from __future__ import annotations
