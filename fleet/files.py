@@ -61,7 +61,8 @@ def private_file(path: Path) -> Path:
 
 def write_private(path: Path, data: bytes) -> None:
     """Replace *path* with *data*, mode 0600 from the first byte; a missing directory is
-    made 0700. Readers see the old content or the new, never a mix."""
+    made 0700. Readers see the old content or the new, never a mix, and so does whoever
+    reads it after a crash: the data is synced before the rename, the rename after it."""
     private_dir(path.parent)
     # mkstemp creates the file 0600 whatever the umask.
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
@@ -69,11 +70,18 @@ def write_private(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def write_public(path: Path, data: bytes) -> None:

@@ -9,6 +9,7 @@ amqtt broker with Fleet's plugins, and a revocation watcher.
                              policy (plugins.py) on publish, subscribe and every delivery
     watcher.RevocationWatcher  poll revocation events; drop what they name, purge what it
                                left behind (sessions, retained messages)
+    persistence.Store        the state file: sessions and retained messages across restarts
 
 Entry points: :func:`fleet.broker.server.start` and :func:`fleet.broker.server.serve`.
 
@@ -55,6 +56,10 @@ Decisions worth knowing:
   is discarded with its subscriptions, queued and unreleased messages, like Mosquitto's
   ``persistent_client_expiration``: no client id is held for ever. A clean session is
   discarded as soon as its connection ends.
+- Persistent sessions and retained messages survive a restart: saved to
+  ``<data_dir>/broker/state.json`` every ``persistence_interval`` and at shutdown, read back
+  at start within today's quotas, and purged there for identities revoked or suspended
+  meanwhile (fleet.broker.persistence); a crash loses at most one interval.
 - QoS 1 and 2 deliveries to a persistent session survive its connection: an unacknowledged
   PUBLISH is resent with DUP set and a PUBREL without PUBCOMP is resent on resume, before
   anything new (MQTT-4.4.0-1); nothing reaches a client before its CONNACK.

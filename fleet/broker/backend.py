@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -24,7 +24,11 @@ from fleet.audit import Aggregate, RefusalDigest, actor_of
 from fleet.authority import Admission, Authority, Decision
 from fleet.broker.health import BrokerMetrics
 from fleet.errors import FleetError
+from fleet.registry import statuses
+from fleet.registry.engine import session as registry_session
+from fleet.registry.engine import unavailable_as_error
 from fleet.registry.models import RevocationEvent
+from fleet.registry.statuses import Withdrawn
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,15 @@ class Backend:
         """Admission of a CONNECT (see AdmissionPolicy.assess), chain already verified."""
         return await self.call(self.authority.assess, certificate, chain_verified=True,
                                **connect)
+
+    async def withdrawn(self, *, device_ids: Collection[str],
+                        serials: Collection[str]) -> Withdrawn:
+        """Which of these devices and certificates are withdrawn (fleet.registry.statuses)."""
+        return await self.call(self._withdrawn, device_ids, serials)
+
+    def _withdrawn(self, device_ids: Collection[str], serials: Collection[str]) -> Withdrawn:
+        with unavailable_as_error(), registry_session(self.authority.engine) as session:
+            return statuses.withdrawn(session=session, device_ids=device_ids, serials=serials)
 
     async def revocations_after(self, after_id: int) -> Sequence[RevocationEvent]:
         return await self.call(self.authority.revocations_after, after_id)

@@ -151,6 +151,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self._retained = RetainedLedger(max_messages=quotas.max_retained_messages,
                                         max_bytes=quotas.max_retained_bytes)
         self._subscriptions: SubscriptionTable[Session] = SubscriptionTable()
+        self.session_expiry = session_expiry
         self._away = Away(after=session_expiry, expire=self._expired)
         self._tasks: set[asyncio.Future[None]] = set()
         self._listened = {event for event in BrokerEvents if any(
@@ -299,6 +300,62 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self._away.back(client_id)
         await self._cleanup_session(client_id)  # FleetSession.clear_queues drops what it held
         return held
+
+    # -- what survives a restart (fleet.broker.persistence) ------------------------------
+
+    def persistent_sessions(self) -> list[Session]:
+        """Every stored session that outlives its connection (clean_session=0)."""
+        return [stored for stored, _ in self._sessions.values() if not stored.clean_session]
+
+    def subscriptions_of(self, session: Session) -> list[tuple[str, int]]:
+        """(filter, granted QoS) of every subscription *session* holds."""
+        table, client_id = self._subscriptions, session.client_id
+        return [(topic_filter, granted)
+                for topic_filter in sorted(session.attributes.get(FILTERS_KEY, ()))
+                if (granted := table[topic_filter].granted(client_id)) is not None]
+
+    def away_for(self, client_id: str) -> float:
+        """Seconds since the client of a stored session went away (0: it is connected)."""
+        return self._away.away_for(client_id)
+
+    def retained_with_owners(self) -> list[tuple[str, bytes, int, str | None]]:
+        """(topic, payload, QoS, device charged with it) of every retained message."""
+        owner = self._retained.owner
+        return [(topic, bytes(retained.data), retained.qos or 0, owner(topic))
+                for topic, retained in self._retained_messages.items()]
+
+    def adopt(self, session: Session, subscriptions: list[tuple[str, int]], *,
+              away_for: float) -> int:
+        """Take in a persistent session restored after a restart, its client away for
+        *away_for* seconds, with those of its *subscriptions* (valid filters) that pass the
+        checks of a SUBSCRIBE: the topic policy of its last connection, ``max_subscriptions``
+        and the filter bounds. Returns how many did not."""
+        client_id = session.client_id
+        connection = connection_of(session)
+        assert connection is not None, "a restored session is bound to its last connection"
+        filters: set[str] = set()
+        session.attributes[FILTERS_KEY] = filters
+        refused = 0
+        for topic_filter, qos in subscriptions:
+            if not connection.grants.may_subscribe(topic_filter) \
+                    or self._subscription_problem(topic_filter, len(filters)) is not None:
+                refused += 1
+                continue
+            self._subscriptions.subscribe(topic_filter, client_id, session, qos)
+            filters.add(topic_filter)
+        self._sessions[client_id] = (session, None)  # no handler until a client connects
+        self._away.left(client_id, session, away_for=away_for)
+        return refused
+
+    def restore_retained(self, topic: str, data: bytes, qos: int, owner: str | None) -> bool:
+        """Take in a retained message restored after a restart, within the retained quota
+        of the device charged with it; False if it does not fit."""
+        size = weight(topic, data)
+        if not data or self._retained.refusal(owner, topic, size) is not None:
+            return False
+        self._retained.set(owner, topic, size)
+        self._retained_messages[topic] = RetainedApplicationMessage(None, topic, data, qos)
+        return True
 
     def _resend_inflight(self, session: Session, connection: Connection) -> None:
         """Send unacknowledged PUBLISH (DUP set) and PUBREL packets again, in order
@@ -521,13 +578,11 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         messages, total = budget.messages + 1, budget.bytes + size
         if connection is not None:
             sent, backlog = connection.backlog()
-            if messages + sent > quotas.max_queued_messages \
-                    or total + backlog > quotas.max_queued_bytes:
+            if not quotas.within_queue(messages + sent, total + backlog):
                 sent, backlog = connection.backlog(exact=True)
             messages, total = messages + sent, total + backlog
-        if messages <= quotas.max_queued_messages and total <= quotas.max_queued_bytes:
-            if budget.over & QUEUE and 2 * messages <= quotas.max_queued_messages \
-                    and 2 * total <= quotas.max_queued_bytes:
+        if quotas.within_queue(messages, total):
+            if budget.over & QUEUE and quotas.within_queue(2 * messages, 2 * total):
                 budget.ends(QUEUE)
             return True
         if connection is not None:

@@ -64,6 +64,10 @@ class Quotas:
     max_retained_bytes: int
     qos2_release_timeout: float
 
+    def within_queue(self, messages: int, size: int) -> bool:
+        """Do *messages* held messages of *size* bytes in all fit one client's queue budget?"""
+        return messages <= self.max_queued_messages and size <= self.max_queued_bytes
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Quotas:
         return cls(max_packet_bytes=settings.max_packet_bytes,
@@ -155,6 +159,10 @@ class RetainedLedger:
         self._held: dict[str, dict[str, int]] = {}  # device id -> {topic: weight}
         self._bytes: dict[str, int] = {}  # device id -> the sum of its weights
         self._over: set[str] = set()
+
+    def owner(self, topic: str) -> str | None:
+        """The device charged with the retained message of *topic* (None: nobody is)."""
+        return self._owners.get(topic)
 
     def usage(self, device_id: str) -> tuple[int, int]:
         return len(self._held.get(device_id, ())), self._bytes.get(device_id, 0)

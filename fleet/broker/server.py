@@ -1,5 +1,6 @@
-"""Start and stop the broker: TLS listener -> CONNECT gate -> amqtt, plus the watcher and,
-on ``broker.metrics_port``, /metrics and /healthz."""
+"""Start and stop the broker: TLS listener -> CONNECT gate -> amqtt, plus the watcher, the
+state file (fleet.broker.persistence) and, on ``broker.metrics_port``, /metrics and
+/healthz."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from fleet.broker.engine import FleetBroker
 from fleet.broker.gate import LISTENER, Gate
 from fleet.broker.health import BrokerMetrics, HealthServer, listening_socket
 from fleet.broker.listener import TLSListener
+from fleet.broker.persistence import Store
 from fleet.broker.quotas import Quotas
 from fleet.broker.tls import server_context
 from fleet.broker.watcher import RevocationWatcher
@@ -53,7 +55,8 @@ class RunningServer:
 
     def __init__(self, *, host: str, port: int, listener: TLSListener, broker: FleetBroker,
                  watcher: RevocationWatcher, backend: Backend, audit: Audit,
-                 connections: Connections, health: HealthServer | None) -> None:
+                 connections: Connections, health: HealthServer | None,
+                 store: Store | None) -> None:
         self.host = host
         self.port = port
         self.broker = broker
@@ -63,6 +66,7 @@ class RunningServer:
         self._listener = listener
         self._backend = backend
         self._audit = audit
+        self._store = store
         self._closed = False
 
     @property
@@ -70,7 +74,8 @@ class RunningServer:
         return f"{self.health.url}{METRICS_PATH}" if self.health is not None else None
 
     async def close(self) -> None:
-        """Stop accepting, drop every connection, stop amqtt and the watcher."""
+        """Stop accepting, drop every connection, save what persists, stop amqtt and the
+        watcher."""
         if self._closed:
             return
         self._closed = True
@@ -81,6 +86,8 @@ class RunningServer:
         for connection in self.connections:
             connection.abort("broker shutting down")
         await self._listener.close()
+        if self._store is not None:
+            await self._store.close()
         await self.broker.shutdown()
         await self._audit.close()
         await asyncio.to_thread(self._backend.close)
@@ -142,6 +149,11 @@ async def _start(settings: Settings, *, host: str, port: int, policy: Policy,
                          session_expiry=settings.session_expiry.total_seconds(),
                          on_denied=denied, on_quota=quota, metrics=metrics)
     await broker.start()
+    store = None
+    if settings.persistence:
+        store = Store.in_data_dir(settings.data_dir, broker=broker,
+                                  interval=settings.persistence_interval.total_seconds())
+        await store.load()
     watcher = RevocationWatcher(backend=backend, audit=audit, connections=connections,
                                 broker=broker,
                                 interval=settings.revocation_poll_interval.total_seconds(),
@@ -164,7 +176,11 @@ async def _start(settings: Settings, *, host: str, port: int, policy: Policy,
         handshake_timeout=settings.handshake_timeout.total_seconds(), on_connection=gate.serve,
         on_refused=handshake_refused)
     await watcher.start()
+    if store is not None:
+        await store.purge_withdrawn(backend, audit)
     bound = await listener.start(host, port)
+    if store is not None:
+        store.start()
     metrics.observe(poll_age=watcher.poll_age,
                     pending=lambda: listener.pending_connections,
                     admitted=lambda: listener.open_connections - listener.pending_connections)
@@ -174,7 +190,7 @@ async def _start(settings: Settings, *, host: str, port: int, policy: Policy,
         await health.start()
     return RunningServer(host=host, port=bound, listener=listener, broker=broker,
                          watcher=watcher, backend=backend, audit=audit,
-                         connections=connections, health=health)
+                         connections=connections, health=health, store=store)
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from amqtt.mqtt.protocol import broker_handler
@@ -77,6 +77,10 @@ class Mailbox(Generic[T]):
     def qsize(self) -> int:
         return len(self._items)
 
+    def __iter__(self) -> Iterator[T]:
+        """What it holds, oldest first (left in place)."""
+        return iter(list(self._items))
+
 
 class SessionStates:
     """new -> connected <-> disconnected, as amqtt's Session machine defines them."""
@@ -131,6 +135,13 @@ class Unreleased:
         if self._timer is None:
             self._timer = loop.call_later(timeout, self._expire)
 
+    def held(self) -> list[tuple[int, float, str, bytes, bool]]:
+        """(packet id, seconds left before it is discarded, topic, payload, retain) of each
+        message, oldest first."""
+        now = asyncio.get_running_loop().time()
+        return [(packet_id, deadline - now, topic, data, retain)
+                for packet_id, (deadline, topic, data, retain) in self._messages.items()]
+
     def release(self, packet_id: int) -> tuple[str, bytes, bool] | None:
         """The message *packet_id* (topic, payload, retain), now released; None if unknown."""
         held = self._messages.pop(packet_id, None)
@@ -175,13 +186,23 @@ class Away:
         self._sessions: OrderedDict[str, tuple[float, Session]] = OrderedDict()
         self._timer: asyncio.TimerHandle | None = None
 
-    def left(self, client_id: str, session: Session) -> None:
-        """The client of *session* went away: its session expires after the period."""
+    def left(self, client_id: str, session: Session, *, away_for: float = 0.0) -> None:
+        """The client of *session* went away (*away_for* seconds ago: a session restored
+        after a restart; those are handed in longest away first): its session expires once
+        the period has passed."""
         loop = asyncio.get_running_loop()
         self._sessions.pop(client_id, None)
-        self._sessions[client_id] = (loop.time() + self._after, session)
+        deadline = loop.time() + self._after - away_for
+        self._sessions[client_id] = (deadline, session)
         if self._timer is None:
-            self._timer = loop.call_later(self._after, self._sweep)
+            self._timer = loop.call_at(deadline, self._sweep)
+
+    def away_for(self, client_id: str) -> float:
+        """Seconds since the client of *client_id* went away (0 if it is not away)."""
+        held = self._sessions.get(client_id)
+        if held is None:
+            return 0.0
+        return max(0.0, asyncio.get_running_loop().time() - (held[0] - self._after))
 
     def back(self, client_id: str) -> None:
         """*client_id* connected again, or its session is gone: it no longer expires."""

@@ -43,6 +43,11 @@ class Subscribers(Generic[S]):
     def __contains__(self, client_id: object) -> bool:
         return client_id in self._by_client
 
+    def granted(self, client_id: str) -> int | None:
+        """The QoS granted to *client_id*'s subscription (None: it has none)."""
+        held = self._by_client.get(client_id)
+        return None if held is None else held[1]
+
     def __repr__(self) -> str:
         return f"<Subscribers: {len(self)}>"
 

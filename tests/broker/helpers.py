@@ -101,6 +101,10 @@ class BrokerThread:
         return False
 
     def stop(self) -> None:
+        """Close the broker as a shutdown does (a restart is another BrokerThread on the
+        same settings); a second call does nothing."""
+        if self.loop.is_closed():
+            return
         if self.server is not None:
             self.call(self.server.close(), timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -34,6 +34,7 @@ class Link:
         self._listening = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listening.getsockname()[1]
         self._pairs: list[_Pair] = []
+        self._dropped: list[_Pair] = []  # closed by the relay's thread, not while it selects
         self._lost: list[socket.socket] = []  # broker sides of dropped links
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -54,26 +55,28 @@ class Link:
     def drop(self) -> None:
         """Lose the current connections (new ones are carried again)."""
         with self._lock:
-            pairs, self._pairs = self._pairs, []
-            for pair in pairs:
-                pair.client.close()
-                self._lost.append(pair.broker)
+            self._dropped.extend(self._pairs)
+            self._pairs = []
 
     def close(self) -> None:
         self._closed.set()
         self._thread.join(5)
         self._listening.close()
         with self._lock:
-            for pair in self._pairs:
+            for pair in self._pairs + self._dropped:
                 pair.client.close()
                 pair.broker.close()
             for sock in self._lost:
                 sock.close()
-            self._pairs, self._lost = [], []
+            self._pairs, self._dropped, self._lost = [], [], []
 
     def _run(self) -> None:
         while not self._closed.is_set():
             with self._lock:
+                for pair in self._dropped:
+                    pair.client.close()
+                    self._lost.append(pair.broker)
+                self._dropped.clear()
                 sources: dict[socket.socket, _Pair | None] = {self._listening: None}
                 for pair in self._pairs:
                     if UP not in pair.held:

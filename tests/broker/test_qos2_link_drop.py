@@ -189,6 +189,7 @@ def test_qos2_flow_survives_a_link_that_fails_again_right_after_reconnecting(
     # neither wait for it nor find the session marked disconnected.
     for run in range(3):
         payload = f"{cut.__name__} {run}".encode()
+        flow.log.clear()
         cut(flow, payload)
         flow.link.drop()
         assert flow.device.disconnected.wait(5)

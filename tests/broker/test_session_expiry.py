@@ -34,6 +34,23 @@ def test_away_expires_sessions_in_the_order_clients_left() -> None:
     assert asyncio.run(scenario()) == [["b"], ["b", "a"]]
 
 
+def test_away_counts_time_its_client_was_already_away() -> None:
+    # A session restored after a restart comes in with the time its client has been away.
+    async def scenario() -> tuple[list[str], float]:
+        expired: list[str] = []
+        session: Any = object()
+        away = Away(after=0.3, expire=lambda client_id, _: expired.append(client_id))
+        away.left("restored", session, away_for=0.25)
+        away.left("new", session)
+        already = away.away_for("restored")
+        await asyncio.sleep(0.15)
+        return list(expired), already
+
+    expired, already = asyncio.run(scenario())
+    assert expired == ["restored"]
+    assert already >= 0.25
+
+
 def test_a_stored_session_expires_once_its_client_stays_away(
         enroll: Enroll, start_broker: StartBroker) -> None:
     broker = start_broker(session_expiry="500ms")
