@@ -89,6 +89,7 @@ def prepare(root: Path) -> tuple[Settings, dict[str, str]]:
     ensure_server_certificate(settings, ca, now=utcnow())
     engine = make_engine(settings.effective_database_url, create=True)
     migrate(engine)
+    Authority(settings=settings, engine=engine, ca=ca).create_group(name="bench", actor="bench")
     engine.dispose()
     return settings, env
 

@@ -774,6 +774,8 @@ def report(runs: list[Run], args: argparse.Namespace, elapsed: float) -> str:
 
 
 def mint_tokens(fixture: Any, count: int) -> list[str]:
+    subprocess.run([FLEET, "group", "create", "flood"], env=fixture.env, capture_output=True,
+                   text=True, timeout=60, check=True)
     out = subprocess.run([FLEET, "token", "create", "--group", "flood", "--count", str(count),
                           "--json"], env=fixture.env, capture_output=True, text=True,
                          timeout=120, check=True).stdout

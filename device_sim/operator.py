@@ -1,4 +1,5 @@
-"""The people around the devices: factory tooling mints tokens, the operator revokes.
+"""The people around the devices: factory tooling mints tokens, the operator declares the
+group and revokes devices.
 
 They act through Fleet's public Python API (:class:`fleet.authority.Authority`) exactly as the
 ``fleet token create`` and ``fleet device revoke`` commands do; the devices themselves never
@@ -33,6 +34,8 @@ class ServiceCredentials:
 class FleetOperator(Protocol):
     """What a run needs from factory tooling and from an operator."""
 
+    async def declare_group(self, group: str) -> bool: ...
+
     async def mint_tokens(self, *, group: str, count: int) -> list[str]: ...
 
     async def revoke_device(self, device_id: str) -> None: ...
@@ -46,6 +49,11 @@ class AuthorityOperator:
     def __init__(self, authority: Authority, *, token_ttl_seconds: float = 6 * 3600) -> None:
         self.authority = authority
         self.token_ttl_seconds = token_ttl_seconds
+
+    async def declare_group(self, group: str) -> bool:
+        """``fleet group create GROUP`` unless it is declared; True when this call did."""
+        return await asyncio.to_thread(self.authority.ensure_group, name=group,
+                                       actor=OPERATOR_ACTOR)
 
     async def mint_tokens(self, *, group: str, count: int) -> list[str]:
         """One single-use bootstrap token per device, as a factory line provisions them."""

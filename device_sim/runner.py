@@ -2,7 +2,8 @@
 
 The timeline (``t`` is seconds since the first device started)::
 
-    factory mints one bootstrap token per device; the operator issues the backend's certificate
+    the operator declares the scenario's group unless it is declared; factory mints one
+    bootstrap token per device; the operator issues the backend's certificate
     t=0 .. duration    devices start at `ramp` per second and live their lives
     t=revoke_at        the operator revokes `revoke` online devices, one command each
     t=broker_restart_at   the broker is restarted through the hook the caller provides
@@ -168,6 +169,7 @@ class Run:
         s = self.scenario
         started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.phase = "minting tokens"
+        await self.operator.declare_group(s.group)
         tokens = await self.operator.mint_tokens(group=s.group, count=self._tokens_needed())
         metrics = Metrics()
         loop = asyncio.get_running_loop()

@@ -18,6 +18,7 @@ CONNACK return codes in ``fleet.broker``, exit codes in ``fleet.cli``.
      |    +-- DeviceNotActiveError   device is revoked or suspended
      |    +-- CertificateNotActiveError   certificate is superseded, revoked or expired
      +-- NotFoundError               unknown device, certificate or token
+     |    +-- UnknownGroupError      a group nobody declared (carries the declared ones)
      +-- ConflictError               the operation does not apply in the current state
      +-- RegistryUnavailableError    the database cannot be reached (HTTP 503)
      +-- NotInitializedError         no CA or no registry where one is named: `fleet init`
@@ -99,6 +100,11 @@ class CertificateNotActiveError(ForbiddenError):
 
 class NotFoundError(FleetError):
     """An unknown device, certificate or token."""
+
+
+class UnknownGroupError(NotFoundError):
+    """A group that is not declared (``fleet group create``); the message names the declared
+    ones."""
 
 
 class ConflictError(FleetError):

@@ -23,6 +23,7 @@ from aiohttp import web
 from fleet import logs
 from fleet.audit import Aggregate, Flush, RefusalDigest, actor_of
 from fleet.authority import Authority
+from fleet.authority.groups import require_label_groups
 from fleet.ca import load_ca
 from fleet.errors import ConfigError, FleetError, RegistryUnavailableError
 from fleet.metrics import METRICS_PATH, MetricsServer, multiprocess_dir, scraped
@@ -79,9 +80,13 @@ async def start(settings: Settings, *, host: str, port: int,
     engine = make_engine(url, pool_size=threads, busy_timeout=settings.database_busy_timeout)
     try:
         await asyncio.to_thread(migrate, engine)
+        await asyncio.to_thread(require_label_groups, engine, settings.est_labels)
     except RegistryUnavailableError as exc:
         # Serve anyway: requests get 503 + Retry-After until the database is back.
         log.warning("starting without the registry database: %s", exc.message)
+    except BaseException:
+        engine.dispose()
+        raise
     executor = ThreadPoolExecutor(threads, thread_name_prefix="est-registry")
     metrics = Metrics()
     digest = RefusalDigest(interval=settings.audit_refusal_interval.total_seconds(),

@@ -48,6 +48,7 @@ def test_short_passphrases_are_not_searched_for(secret_book: Any) -> None:
 
 
 def test_a_logged_token_secret_is_found(sqlite_authority: Authority, secret_book: Any) -> None:
+    sqlite_authority.create_group(name="sensors", actor="test")
     token = sqlite_authority.create_tokens(group="sensors", actor="test")[0].token
     logging.getLogger("fleet.tests").debug("presented %s", token)
     assert secret_book.take() == [
@@ -56,6 +57,7 @@ def test_a_logged_token_secret_is_found(sqlite_authority: Authority, secret_book
 
 def test_an_audited_token_secret_is_found(sqlite_authority: Authority,
                                           secret_book: Any) -> None:
+    sqlite_authority.create_group(name="sensors", actor="test")
     token = sqlite_authority.create_tokens(group="sensors", actor="test")[0].token
     sqlite_authority.audit_refusal("enroll", FleetError("refused"), actor=f"est:{token}")
     assert secret_book.take() == [
@@ -64,6 +66,7 @@ def test_an_audited_token_secret_is_found(sqlite_authority: Authority,
 
 def test_a_registry_written_by_another_process_is_checked(
         sqlite_authority: Authority, secret_book: Any) -> None:
+    sqlite_authority.create_group(name="sensors", actor="test")
     token = sqlite_authority.create_tokens(group="sensors", actor="test")[0].token
     # a row that leaks it (through the reason), as a bug elsewhere would write it
     sqlite_authority.audit_refusal("enroll", FleetError(f"refused {token}"),
@@ -79,6 +82,7 @@ def test_a_registry_written_by_another_process_is_checked(
 
 def test_a_cli_run_showing_an_older_secret_is_found(data_dir: Path, secret_book: Any) -> None:
     runner, fleet = CliRunner(), ["--data-dir", str(data_dir)]
+    assert runner.invoke(app, [*fleet, "group", "create", "sensors"]).exit_code == 0
     created = runner.invoke(app, [*fleet, "token", "create", "--group", "sensors", "--json"])
     assert created.exit_code == 0, created.output
     assert secret_book.take() == []  # `token create` shows the token it made

@@ -18,6 +18,7 @@ from fleet.authority.admission import (
 from fleet.authority.core import Issued, serial_hex
 from fleet.authority.crl import CrlPolicy, SignedCrl
 from fleet.authority.enrollment import EnrollmentPolicy, TokenCredential
+from fleet.authority.groups import GroupPolicy
 from fleet.authority.issuers import IssuingPolicy, IssuingStatus, Retirement
 from fleet.authority.lifecycle import LifecyclePolicy
 from fleet.authority.ocsp import OcspAnswer, OcspPolicy
@@ -45,6 +46,6 @@ __all__ = [
 ]
 
 
-class Authority(TokenPolicy, EnrollmentPolicy, RenewalPolicy, LifecyclePolicy, CrlPolicy,
-                OcspPolicy, IssuingPolicy):
+class Authority(GroupPolicy, TokenPolicy, EnrollmentPolicy, RenewalPolicy, LifecyclePolicy,
+                CrlPolicy, OcspPolicy, IssuingPolicy):
     """Fleet's CA policy over one registry database."""

@@ -20,6 +20,7 @@ from fleet.pki import Identity
 from fleet.registry import certificates as certs_db
 from fleet.registry import devices as devices_db
 from fleet.registry import events as events_db
+from fleet.registry import groups as groups_db
 from fleet.registry import names as names_db
 from fleet.registry import tokens as tokens_db
 from fleet.registry.models import DeviceStatus
@@ -69,6 +70,9 @@ class EnrollmentPolicy(AuthorityCore):
         with self._audited("enroll", actor=actor, device_id=ident.name) as session:
             now = self.clock()
             token = check_token(session, presented, now=now)
+            if groups_db.get_group(session=session, name=token.group) is None:
+                raise ForbiddenError(f"token {token.id} is for group {token.group!r}, which is "
+                                     "not declared", token_id=token.id)
             if group is not None and token.group != group:
                 raise TokenError(f"token is for group {token.group!r}, not {group!r}",
                                  token_id=token.id)

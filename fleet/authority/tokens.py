@@ -9,6 +9,7 @@ from sqlmodel import Session
 
 from fleet import pki
 from fleet.authority.core import AuthorityCore
+from fleet.authority.groups import require_group
 from fleet.errors import (
     ConflictError,
     DeviceNotActiveError,
@@ -43,7 +44,7 @@ class TokenPolicy(AuthorityCore):
     ) -> list[IssuedToken]:
         """Mint *count* tokens for *group*; a device-bound token pre-registers the device."""
         with self._audited("token.create", actor=actor, device_id=device_id) as session:
-            pki.check_group_name(group)
+            require_group(session, group, lock="share")
             if device_id is not None:
                 pki.check_device_id(device_id)
                 if count != 1:

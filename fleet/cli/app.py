@@ -33,6 +33,7 @@ from fleet.cli import (
     diagnose,
     expiring,
     export,
+    group,
     health,
     init,
     serve,
@@ -135,6 +136,7 @@ app.command("init")(init.init)
 app.command("up")(serve.up)
 app.add_typer(serve.app, name="serve")
 app.add_typer(ca.app, name="ca")
+app.add_typer(group.app, name="group")
 app.add_typer(token.app, name="token")
 app.add_typer(device.app, name="device")
 app.add_typer(cert.app, name="cert")

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fleet.authority.groups import require_group
 from fleet.cli import params
 from fleet.cli.cert import ReasonOption, certificates_table, usable_until
 from fleet.cli.context import Fleet, fleet_of
@@ -52,6 +53,8 @@ def list_(
 ) -> None:
     """List devices by id."""
     with fleet_of(ctx).session() as session:
+        if group is not None:
+            require_group(session, group)
         objects = [device_json(row) for row in devices_db.list_devices(
             session=session, status=status.value if status else None, group=group)]
     if as_json:

@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fleet.authority import IssuedToken
+from fleet.authority.groups import require_group
 from fleet.cli import params
 from fleet.cli.context import fleet_of
 from fleet.cli.destination import Force, claimed
@@ -57,7 +58,8 @@ def _csv(objects: list[dict[str, Any]]) -> bytes:
 @app.command("create")
 def create(
     ctx: typer.Context,
-    group: Annotated[str, typer.Option("--group", help="Group the enrolled devices join.")],
+    group: Annotated[str, typer.Option(
+        "--group", help="Group the enrolled devices join (declared: fleet group create).")],
     device: Annotated[str | None, typer.Option(
         "--device", help="Bind the token to this device id (pre-registers the device).")] = None,
     count: Annotated[int, typer.Option("--count", min=1, help="How many tokens.")] = 1,
@@ -123,6 +125,8 @@ def list_(
     """Every token, used and expired ones included (never the secrets)."""
     now = utcnow()
     with fleet_of(ctx).session() as session:
+        if group is not None:
+            require_group(session, group)
         objects = [listed_json(row, now=now) for row in
                    tokens_db.list_tokens(session=session, group=group, device_id=device)]
     if as_json:

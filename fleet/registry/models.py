@@ -54,6 +54,18 @@ class CertificateStatus(enum.StrEnum):
     REVOKED = "revoked"
 
 
+class Group(SQLModel, table=True):
+    """A declared device group (like an AWS IoT thing group): tokens, devices and EST labels
+    may name only these."""
+
+    __tablename__ = "device_groups"
+
+    name: str = Field(primary_key=True, max_length=64)
+    description: str | None = Field(default=None, max_length=256)
+    created_at: datetime = _time()
+    created_by: str = Field(max_length=128)
+
+
 class Device(SQLModel, table=True):
     __tablename__ = "devices"
 

@@ -21,7 +21,8 @@ from fleet.registry import certificates as certs_db
 from fleet.registry import events as events_db
 from fleet.registry import tokens as tokens_db
 
-STATE_TABLES = ("devices", "certificates", "bootstrap_tokens", "revocation_events", "crl_state")
+STATE_TABLES = ("device_groups", "devices", "certificates", "bootstrap_tokens", "revocation_events",
+                "crl_state")
 
 
 class Clock:
@@ -49,6 +50,7 @@ class Fleet:
     # -- acting ---------------------------------------------------------------------------
 
     def token(self, group: str = "sensors", device_id: str | None = None, **kwargs: Any) -> str:
+        self.authority.ensure_group(name=group, actor="operator")
         issued = self.authority.create_tokens(group=group, device_id=device_id, actor="factory",
                                               **kwargs)
         self.secrets += [t.token.secret for t in issued]
@@ -133,6 +135,9 @@ def clock() -> Clock:
 
 @pytest.fixture
 def fleet(authority: Authority, clock: Clock) -> Fleet:
-    """The authority fixture (SQLite and PostgreSQL) driven by a test clock."""
-    return Fleet(Authority(settings=authority.settings, engine=authority.engine,
-                           ca=authority.ca, clock=clock), clock)
+    """The authority fixture (SQLite and PostgreSQL) driven by a test clock, with the group
+    ``sensors`` declared."""
+    authority = Authority(settings=authority.settings, engine=authority.engine,
+                          ca=authority.ca, clock=clock)
+    authority.create_group(name="sensors", actor="operator")
+    return Fleet(authority, clock)

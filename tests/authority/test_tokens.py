@@ -15,6 +15,7 @@ from fleet.errors import (
     DeviceNotActiveError,
     IdentityError,
     NotFoundError,
+    UnknownGroupError,
 )
 from fleet.registry import DeviceStatus
 
@@ -37,7 +38,8 @@ def test_create_unbound_token(fleet: Fleet) -> None:
     assert stored[0].created_by == "factory"
     assert stored[0].revoked_at is None
     assert fleet.device("sensors") is None
-    [event] = fleet.audit()
+    declared, event = fleet.audit()
+    assert declared.action == "group.create"
     assert (event.action, event.outcome, event.actor) == ("token.create", "ok", "factory")
     assert event.detail is not None
     detail = json.loads(event.detail)
@@ -63,7 +65,7 @@ def test_bound_token_pre_registers_the_device_as_pending(fleet: Fleet) -> None:
     assert device is not None
     assert (device.group, device.status) == ("sensors", DeviceStatus.PENDING)
     assert fleet.tokens()[0].device_id == "dev-1"
-    assert fleet.audit()[0].device_id == "dev-1"
+    assert fleet.audit()[-1].device_id == "dev-1"
 
 
 def test_second_bound_token_for_an_existing_device(fleet: Fleet) -> None:
@@ -73,6 +75,28 @@ def test_second_bound_token_for_an_existing_device(fleet: Fleet) -> None:
     assert device is not None
     assert device.status == DeviceStatus.ACTIVE  # unchanged by minting a token
     assert len(fleet.tokens()) == 2
+
+
+def test_create_refused_undeclared_group_names_the_declared_ones(fleet: Fleet) -> None:
+    fleet.authority.create_group(name="cameras", actor="operator")
+    with fleet.refused(UnknownGroupError, "token.create",
+                       match=r"^unknown group 'sensrs'; declared groups: cameras, sensors$"):
+        fleet.authority.create_tokens(group="sensrs", actor="factory")
+    assert fleet.tokens() == []
+
+
+def test_create_refused_undeclared_group_for_a_bound_token_registers_nothing(
+        fleet: Fleet) -> None:
+    with fleet.refused(UnknownGroupError, "token.create", match="unknown group 'pumps'"):
+        fleet.authority.create_tokens(group="pumps", device_id="dev-1", actor="factory")
+    assert fleet.device("dev-1") is None
+
+
+def test_create_refused_when_no_group_is_declared(fleet: Fleet) -> None:
+    fleet.authority.delete_group(name="sensors", actor="operator")
+    with fleet.refused(UnknownGroupError, "token.create",
+                       match="no group is declared yet: fleet group create NAME"):
+        fleet.authority.create_tokens(group="sensors", actor="factory")
 
 
 # Input checks do not depend on the registry's state: one test (subtests) per failure mode.
@@ -120,6 +144,7 @@ def test_create_refused_several_tokens_bound_to_one_device(fleet: Fleet) -> None
 
 def test_create_refused_bound_token_for_a_device_in_another_group(fleet: Fleet) -> None:
     fleet.token(group="sensors", device_id="dev-1")
+    fleet.authority.create_group(name="cameras", actor="operator")
     with fleet.refused(ConflictError, "token.create", match="in group 'sensors'"):
         fleet.authority.create_tokens(group="cameras", device_id="dev-1", actor="factory")
 

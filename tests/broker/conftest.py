@@ -46,6 +46,7 @@ def enroll(sqlite_authority: Authority, tmp_path: Path, chain: Path) -> Enroll:
         if now is not None:
             authority = Authority(settings=authority.settings, engine=authority.engine,
                                   ca=authority.ca, clock=lambda: now)
+        authority.ensure_group(name=group, actor="operator")
         token = authority.create_tokens(group=group, actor="factory")[0]
         key = new_key()
         issued = authority.enroll(credential=TokenCredential(str(token.token)),

@@ -55,6 +55,8 @@ class Stack:
 
     def enroll(self, device_id: str, group: str = "g1") -> None:
         """EST simpleenroll the way an operator does it by hand: openssl and curl."""
+        if group not in {g["name"] for g in json.loads(self.fleet("group", "list", "--json"))}:
+            self.fleet("group", "create", group)
         token = json.loads(self.fleet("token", "create", "--group", group, "--json"))[0]["token"]
         key, csr = self.work / f"{device_id}.key", self.work / f"{device_id}.csr.der"
         subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",

@@ -3,6 +3,7 @@ and never shown, and concurrent writer processes on one registry and one file.""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -27,9 +28,13 @@ def writer_of(authority: Authority, role: str = "test") -> CheckpointWriter:
     return CheckpointWriter(settings=authority.settings, engine=authority.engine, role=role)
 
 
+GROUP_NAMES = itertools.count()
+
+
 def mint(authority: Authority, count: int = 1) -> None:
+    """*count* audit events (one group declared each)."""
     for index in range(count):
-        authority.create_tokens(group="sensors", actor=f"test-{index}")
+        authority.create_group(name=f"group-{next(GROUP_NAMES)}", actor=f"test-{index}")
 
 
 def test_no_checkpoint_of_an_empty_log(authority: Authority) -> None:
@@ -133,7 +138,7 @@ engine = make_engine(settings.effective_database_url, pool_size=1)
 authority = Authority(settings=settings, engine=engine)
 writer = CheckpointWriter(settings=settings, engine=engine, role=f"process-{sys.argv[3]}")
 for index in range(int(sys.argv[4])):
-    authority.create_tokens(group="sensors", actor=f"writer-{sys.argv[3]}")
+    authority.create_group(name=f"writer-{sys.argv[3]}-{index}", actor=f"writer-{sys.argv[3]}")
     writer.write()
 engine.dispose()
 """

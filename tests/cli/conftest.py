@@ -29,6 +29,17 @@ def empty_fleet(tmp_path: Path) -> Run:
 
 
 @pytest.fixture
+def declare(sqlite_authority: Authority) -> Callable[..., None]:
+    """Declare groups in the registry the CLI uses, as ``fleet group create`` does."""
+
+    def declare(*names: str) -> None:
+        for name in names:
+            sqlite_authority.ensure_group(name=name, actor="operator")
+
+    return declare
+
+
+@pytest.fixture
 def enroll(sqlite_authority: Authority) -> Enroll:
     """Enroll a device over the real authority on the same registry the CLI uses."""
 
@@ -38,6 +49,7 @@ def enroll(sqlite_authority: Authority) -> Enroll:
         if clock is not None:
             authority = Authority(settings=authority.settings, engine=authority.engine,
                                   ca=authority.ca, clock=clock)
+        authority.ensure_group(name=group, actor="operator")
         token = authority.create_tokens(group=group, actor="factory")[0]
         key = pki.generate_private_key()
         return authority.enroll(credential=TokenCredential(str(token.token)),

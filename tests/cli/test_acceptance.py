@@ -37,7 +37,8 @@ def shell(command: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
 
 def test_acceptance_line(tmp_path: Path) -> None:
     data_dir = tmp_path / "fleet-data"
-    done = shell("fleet init && fleet token create --group sensors --json "
+    done = shell("fleet init && fleet group create sensors "
+                 "&& fleet token create --group sensors --json "
                  "&& fleet crl | openssl crl -noout -text", data_dir)
     assert done.returncode == 0, done.stderr
     out = done.stdout
@@ -70,6 +71,7 @@ def enroll_device(data_dir: Path, device_id: str) -> int:
         previous = os.environ.pop(PASSPHRASE_ENV, None)
         try:
             authority = Authority(settings=settings, engine=engine)
+            authority.ensure_group(name="sensors", actor="operator")
             token = authority.create_tokens(group="sensors", actor="factory")[0]
             issued = authority.enroll(credential=TokenCredential(str(token.token)),
                                       csr=csr_for(device_id, pki.generate_private_key()),

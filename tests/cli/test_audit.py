@@ -70,7 +70,7 @@ def test_audit_action_that_matches_nothing_names_the_recorded_actions(
     assert result.exit_code == 0
     assert result.stdout.strip() == "[]"
     assert result.stderr == ("note: no audit event has action 'connect' or 'connect.*'; the "
-                             "log holds: enroll, token.create\n")
+                             "log holds: enroll, group.create, token.create\n")
     assert fleet("audit", "--action", "enroll").stderr == ""
 
 

@@ -7,9 +7,11 @@ what was done and where.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +38,12 @@ class Log:
     writer: CheckpointWriter
     fleet: Run
     database_url: str
+    names: Iterator[int] = field(default_factory=itertools.count)
 
     def append(self, count: int) -> None:
+        """*count* audit events (one group declared each)."""
         for index in range(count):
-            self.authority.create_tokens(group="sensors", actor=f"test-{index}")
+            self.authority.create_group(name=f"group-{next(self.names)}", actor=f"test-{index}")
 
     def checkpoint(self) -> Checkpoint:
         checkpoint = self.writer.write()

@@ -72,6 +72,7 @@ def test_restore_then_a_device_enrolled_before_the_backup_renews_over_est(
     """Rotated: the device's certificate is of issuing CA 1, in its overlap when the backup
     is made; the restored Fleet still trusts it and renews it from issuing CA 2."""
     key = new_key()
+    sqlite_authority.create_group(name="sensors", actor="operator")
     token = sqlite_authority.create_tokens(group="sensors", actor="factory")[0]
     issued = sqlite_authority.enroll(credential=TokenCredential(str(token.token)),
                                      csr=device_csr("dev-1", key), actor="factory")
@@ -201,6 +202,7 @@ def test_backup_of_a_postgresql_fleet_holds_the_ca_and_names_pg_dump(
         fleet: Run, tmp_path: Path, database_url: str) -> None:
     env = {"FLEET_DATABASE_URL": database_url}
     fleet.ok("init", env=env)  # the PostgreSQL schema
+    fleet.ok("group", "create", "sensors", env=env)
     fleet.ok("token", "create", "--group", "sensors", env=env)
     result = fleet.ok("backup", "--out", str(tmp_path / "fleet.backup"), env=env)
     with tarfile.open(tmp_path / "fleet.backup") as tar:

@@ -86,6 +86,7 @@ def test_cert_list_refused_unknown_device(fleet: Run, enroll: Enroll) -> None:
 
 
 def test_cert_list_of_a_device_without_certificates_is_empty(fleet: Run) -> None:
+    fleet.ok("group", "create", "sensors")
     fleet.ok("token", "create", "--group", "sensors", "--device", "dev-9")  # pending
     assert fleet.json("cert", "list", "--device", "dev-9") == []
 

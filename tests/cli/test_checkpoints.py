@@ -49,15 +49,17 @@ def test_init_creates_the_checkpoint_key(empty_fleet: Run) -> None:
 
 def test_command_checkpoints_the_events_it_appended(fleet: Run,
                                                     sqlite_authority: Authority) -> None:
+    fleet.ok("group", "create", "sensors")
     fleet.ok("token", "create", "--group", "sensors", "--count", "2")
-    [checkpoint] = checkpoints_of(sqlite_authority)
+    first, checkpoint = checkpoints_of(sqlite_authority)  # one per command
+    assert first.writer.startswith("cli@")
     assert checkpoint.writer.startswith("cli@")
     assert (checkpoint.event_id, checkpoint.head) == head_of(sqlite_authority)
     lines = journal_path(sqlite_authority.settings).read_text().splitlines()
     assert json.loads(lines[-1])["mac"] == checkpoint.mac
     fleet.ok("device", "list")  # reads only: nothing to checkpoint
     fleet.ok("token", "list")
-    assert len(checkpoints_of(sqlite_authority)) == 1
+    assert len(checkpoints_of(sqlite_authority)) == 2
     assert "audit log intact" in fleet.ok("audit", "verify").stdout
 
 
@@ -73,7 +75,7 @@ def test_refused_command_checkpoints_its_refusal(fleet: Run,
 
 def test_command_warns_when_it_cannot_checkpoint(fleet: Run,
                                                  sqlite_authority: Authority) -> None:
-    fleet.ok("token", "create", "--group", "sensors")
+    fleet.ok("group", "create", "sensors")
     journal = journal_path(sqlite_authority.settings)
     journal.write_text("not the header\n" + journal.read_text().split("\n", 1)[1])
     result = fleet.ok("token", "create", "--group", "sensors")
@@ -111,8 +113,8 @@ def test_broker_checkpoints_every_interval(data_dir: Path, sqlite_authority: Aut
     process = start(started, ["serve", "broker", "--port", "0"],
                     service_env(data_dir, FLEET_AUDIT_CHECKPOINT_INTERVAL="100ms"))
     read_until(process, r"MQTT listening on mqtts://")
-    for _ in range(2):  # two intervals, each with new events
-        sqlite_authority.create_tokens(group="sensors", actor="factory")
+    for index in range(2):  # two intervals, each with new events
+        sqlite_authority.create_group(name=f"group-{index}", actor="operator")
         wait_for_checkpoint(sqlite_authority, "broker", head_of(sqlite_authority))
     writers = {row.writer for row in checkpoints_of(sqlite_authority)}
     assert len(writers) == 1  # one writer, numbered 1, 2
@@ -138,6 +140,7 @@ def test_service_checkpoints_at_shutdown(data_dir: Path, sqlite_authority: Autho
     process = start(started, command, service_env(
         data_dir, FLEET_AUDIT_CHECKPOINT_INTERVAL="1h"))
     read_until(process, ready)
+    sqlite_authority.create_group(name="sensors", actor="operator")
     sqlite_authority.create_tokens(group="sensors", actor="factory", count=3)
     assert checkpoints_of(sqlite_authority) == []  # the first interval is an hour away
     process.send_signal(signal.SIGTERM)

@@ -11,6 +11,7 @@ from .helpers import Run, csr_for
 
 def test_lifecycle_on_both_databases(fleet: Run, database_url: str, authority: Authority) -> None:
     env = {"FLEET_DATABASE_URL": database_url}
+    assert fleet.json("group", "create", "sensors", env=env)["name"] == "sensors"
     [token] = fleet.json("token", "create", "--group", "sensors", env=env)
     issued = authority.enroll(credential=TokenCredential(token["token"]),
                               csr=csr_for("dev-1", pki.generate_private_key()), actor="device")

@@ -35,7 +35,7 @@ def test_init_makes_the_data_dir_0700_and_every_file_in_it_0600(
     # Another connection keeps -wal and -shm in place while the CLI writes.
     with closing(sqlite3.connect(data / "fleet.db")) as reader:
         reader.execute("SELECT count(*) FROM devices").fetchall()
-        empty_fleet.ok("token", "create", "--group", "sensors")
+        empty_fleet.ok("group", "create", "sensors")
         found = modes(data)
     assert {"ca/passphrase", "ca/root.key", "ca/issuing.key", "server/key.pem",
             "fleet.db", "fleet.db-wal", "fleet.db-shm"} <= set(found)
@@ -58,6 +58,7 @@ def test_token_file_is_0600_in_a_directory_that_keeps_its_mode(fleet: Run,
     out = tmp_path / "factory" / "tokens.csv"
     out.parent.mkdir()
     out.parent.chmod(0o755)
+    fleet.ok("group", "create", "sensors")
     fleet.ok("token", "create", "--group", "sensors", "--count", "3", "--out", str(out))
     assert mode(out) == 0o600
     assert mode(out.parent) == 0o755
@@ -65,6 +66,7 @@ def test_token_file_is_0600_in_a_directory_that_keeps_its_mode(fleet: Run,
 
 def test_token_file_replacing_a_readable_file_is_0600(fleet: Run, tmp_path: Path) -> None:
     out = tmp_path / "tokens.csv"
+    fleet.ok("group", "create", "sensors")
     out.write_text("old\n")
     out.chmod(0o644)
     fleet.ok("token", "create", "--group", "sensors", "--out", str(out), "--force")

@@ -95,6 +95,7 @@ def test_health_reports_suspended_devices_and_unused_tokens_without_failing(
         fleet: Run, enroll: Enroll, sqlite_authority: Authority) -> None:
     enroll("dev-1")
     sqlite_authority.suspend_device(device_id="dev-1", actor="operator")
+    sqlite_authority.create_group(name="gateways", actor="operator")
     sqlite_authority.create_tokens(group="gateways", count=3, actor="factory",
                                    ttl=timedelta(hours=2))
     code, document = report(fleet, "--within", "1d")

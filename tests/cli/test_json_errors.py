@@ -54,8 +54,10 @@ def test_usage_error_of_every_json_command_is_json(fleet: Run, path: list[str]) 
     result = fleet(*path, "--json", "--no-such-option")
     assert result.exit_code == EXIT_USAGE
     assert result.stdout == ""
-    assert error_of(result.stderr) == {"error": "No such option: --no-such-option",
-                                       "exit_code": EXIT_USAGE}
+    error = error_of(result.stderr)
+    assert error["exit_code"] == EXIT_USAGE
+    assert str(error["error"]).startswith((  # or a missing argument, reported first
+        "No such option: --no-such-option", "Missing argument"))
 
 
 def test_not_found_under_json(fleet: Run) -> None:
@@ -75,6 +77,14 @@ def test_refusal_under_json(fleet: Run, enroll: Enroll) -> None:
                                        "exit_code": EXIT_REFUSED}
 
 
+def test_unknown_group_under_json(fleet: Run) -> None:
+    result = fleet("token", "create", "--group", "sensrs", "--json")
+    assert result.exit_code == EXIT_NOT_FOUND
+    assert error_of(result.stderr) == {
+        "error": "unknown group 'sensrs'; no group is declared yet: fleet group create NAME",
+        "exit_code": EXIT_NOT_FOUND}
+
+
 def test_bad_option_value_under_json(fleet: Run) -> None:
     result = fleet("token", "create", "--json", "--group", "sensors", "--ttl", "0s")
     assert result.exit_code == EXIT_USAGE
@@ -92,6 +102,7 @@ def test_configuration_error_under_json(fleet: Run) -> None:
 
 
 def test_os_error_under_json(fleet: Run, tmp_path: Path) -> None:
+    fleet.ok("group", "create", "sensors")
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     result = fleet("token", "create", "--group", "sensors", "--out",

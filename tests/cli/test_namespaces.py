@@ -26,6 +26,7 @@ def test_issue_service_refused_when_a_device_id_is_one_of_its_client_ids(
 def test_token_for_a_device_refused_when_a_service_claims_its_id(
         fleet: Run, tmp_path: Path) -> None:
     fleet.ok("cert", "issue-service", "gwX", "--out-dir", str(tmp_path))
+    fleet.ok("group", "create", "g")
     result = fleet("token", "create", "--group", "g", "--device", "gwX-1")
     assert result.exit_code == EXIT_REFUSED
     assert result.stderr.startswith("error: device/gwX-1 collides with service/gwX")

@@ -8,6 +8,7 @@ path to write must be in OUTPUTS, so a new one is covered as soon as it exists.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,12 @@ OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 SIDE_EFFECTS = ("token", "list"), ("cert", "list")
 """What a refused command must not have done: mint tokens, issue certificates."""
+
+
+@pytest.fixture(autouse=True)
+def _groups(declare: Callable[..., None]) -> None:
+    """The group these tests mint tokens for is declared."""
+    declare("sensors")
 
 
 def _paths_to_write() -> set[str]:

@@ -38,7 +38,7 @@ def expect_unavailable(result: subprocess.CompletedProcess[str]) -> None:
 
 def test_refused_token_create_while_locked_exit_5_and_no_token(data_dir: Path,
                                                                 tmp_path: Path) -> None:
-    ok(data_dir, "token", "list")  # the registry exists
+    ok(data_dir, "group", "create", "sensors")  # the registry exists, the group is declared
     out = tmp_path / "tokens.csv"
     with registry_lock(data_dir / "fleet.db"):
         expect_unavailable(fleet(data_dir, "token", "create", "--group", "sensors",

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,15 @@ from fleet.errors import RegistryUnavailableError
 from fleet.tokens import parse_token
 
 from .helpers import Enroll, Run
+
+GROUPS = ("sensors", "line-3", "bulk", "g", "g1", "g2", "a", "b")
+
+
+@pytest.fixture(autouse=True)
+def _groups(declare: Callable[..., None]) -> None:
+    """The groups these tests mint tokens for are declared."""
+    declare(*GROUPS)
+
 
 CREATED_KEYS = {"id", "token", "group", "device_id", "uses", "expires_at"}
 LISTED_KEYS = {"id", "group", "device_id", "uses", "max_uses", "expires_at", "expired",

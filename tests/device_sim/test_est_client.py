@@ -28,6 +28,7 @@ def cn(cert: x509.Certificate) -> str:
 
 async def enroll(fleet: Fleet, device_id: str) -> Credentials:
     """Enroll one device the way Device.enroll does, returning its credentials."""
+    fleet.authority.ensure_group(name="sim", actor="operator:test")
     token = fleet.authority.create_tokens(group="sim", actor="factory:test")[0].token
     async with environment(fleet.endpoints) as env:
         anchors, trust = await env.trust()

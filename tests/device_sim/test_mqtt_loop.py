@@ -35,6 +35,7 @@ TIMEOUT = 10.0
 
 def device_context(authority: Authority, device_id: str) -> Any:
     """Enroll *device_id* through the authority; a TLS context presenting its certificate."""
+    authority.ensure_group(name="sim", actor="operator:test")
     token = authority.create_tokens(group="sim", actor="factory:test")[0].token
     key = new_key("p256")
     issued = authority.enroll(credential=TokenCredential(str(token)),

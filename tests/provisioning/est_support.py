@@ -145,6 +145,7 @@ class Est:
     # -- registry set-up and inspection (through the authority, as operators would) --------
 
     def token(self, group: str = "sensors", **kwargs: object) -> str:
+        self.authority.ensure_group(name=group, actor="operator")
         issued: IssuedToken = self.authority.create_tokens(group=group, actor="test",
                                                            **kwargs)[0]  # type: ignore[arg-type]
         return str(issued.token)
@@ -254,11 +255,13 @@ def make_est(data_dir: Path, ca: CA, tmp_path: Path) -> Iterator[EstFactory]:
         environ = {"FLEET_DATABASE_URL": url, "FLEET_EST_METRICS_PORT": "-1", **env}
         settings = load_settings(environ={"FLEET_DATA_DIR": str(data_dir), **environ})
         engine = make_engine(url, pool_size=5)
+        authority = Authority(settings=settings, engine=engine, ca=ca)
         with contextlib.suppress(RegistryUnavailableError):  # a service without its database
             migrate(engine)
+            for group in settings.est_labels.values():  # labels point at declared groups
+                authority.ensure_group(name=group, actor="operator")
         thread = ServerThread(settings)
         running.append((thread, engine))
-        authority = Authority(settings=settings, engine=engine, ca=ca)
         return Est(settings=settings, authority=authority, port=thread.server.port,
                    metrics_port=thread.server.metrics_port, tmp=tmp_path, engine=engine,
                    digest=thread.server.refusals)

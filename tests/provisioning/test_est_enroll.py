@@ -126,6 +126,7 @@ def test_enroll_refused_malformed_token(est: Est) -> None:
 
 
 def test_enroll_refused_expired_token(est: Est) -> None:
+    est.authority.create_group(name="sensors", actor="operator")
     token = str(past_authority(est, days=2).create_tokens(group="sensors", actor="test")[0].token)
     before = baseline(est, "enroll")
     expect_refusal(est, est.enroll(make_csr("dev-x"), token), 401, before, says="expired")

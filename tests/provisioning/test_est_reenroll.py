@@ -142,6 +142,7 @@ def _handshake_refused(est: Est, device: Enrolled) -> None:
 def test_reenroll_refused_expired_certificate_in_the_handshake(est: Est) -> None:
     past = past_authority(est, days=40)  # a 30-day certificate that expired 10 days ago
     key = pki.generate_private_key()
+    past.create_group(name="sensors", actor="operator")
     token = str(past.create_tokens(group="sensors", actor="test")[0].token)
     issued = past.enroll(credential=TokenCredential(token), csr=make_csr("dev-old", key),
                          actor="test")

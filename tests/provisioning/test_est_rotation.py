@@ -53,6 +53,7 @@ def old_device(sqlite_authority: Authority, tmp_path: Path,
     tool("curl")
     tool("openssl")
     key = new_key()
+    sqlite_authority.create_group(name="sensors", actor="operator")
     token = sqlite_authority.create_tokens(group="sensors", actor="factory")[0]
     cert = sqlite_authority.enroll(credential=TokenCredential(str(token.token)),
                                    csr=device_csr("dev-old", key), actor="factory").certificate

@@ -30,8 +30,8 @@ from fleet.registry.engine import session as new_session
 from fleet.registry.engine import write_session
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-TABLES = {"devices", "certificates", "bootstrap_tokens", "revocation_events", "audit_events",
-          "audit_checkpoints", "crl_state", "alembic_version"}
+TABLES = {"device_groups", "devices", "certificates", "bootstrap_tokens", "revocation_events",
+          "audit_events", "audit_checkpoints", "crl_state", "alembic_version"}
 
 
 def token_row(token_id: str = "0123456789abcdef", *, uses: int = 1,
@@ -63,7 +63,7 @@ def test_migrations_apply_twice(engine: Engine) -> None:
     assert set(inspect(engine).get_table_names()) >= TABLES
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0005",)]
+            ("0006",)]
         assert connection.execute(text("SELECT id, crl_number FROM crl_state")).all() == [(1, 0)]
 
 

@@ -23,6 +23,7 @@ def test_key_compromise_drops_every_certificate_of_the_key(
         chain: Path) -> None:
     broker = start_broker()
     stolen = new_key()
+    sqlite_authority.create_group(name="g1", actor="operator")
     token = sqlite_authority.create_tokens(group="g1", actor="factory")[0]
     first = sqlite_authority.enroll(credential=TokenCredential(str(token.token)),
                                     csr=device_csr("d1", stolen), actor="factory")
