@@ -100,6 +100,8 @@ class ESTClient:
                            f"{exc.certificate_error}") from exc
         except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
             raise ESTHandshakeRefused(f"{operation}: TLS handshake refused: {exc}") from exc
+        except aiohttp.ClientConnectorError as exc:  # no connection: the OS says why
+            raise ESTUnavailable(f"{operation}: cannot connect: {exc.os_error}") from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             # With TLS 1.3 the server judges the client certificate after the client finished
             # its side of the handshake: a refusal is an alert on the first read or, from

@@ -1,5 +1,5 @@
 """The people around the devices: factory tooling mints tokens, the operator declares the
-group and revokes devices.
+group, revokes devices and, after the run, cleans up.
 
 They act through Fleet's public Python API (:class:`fleet.authority.Authority`) exactly as the
 ``fleet token create`` and ``fleet device revoke`` commands do; the devices themselves never
@@ -16,10 +16,50 @@ from typing import Protocol
 from cryptography import x509
 
 from fleet.authority import Authority
+from fleet.authority.lifecycle import DELETABLE
 from fleet.pki import PrivateKey, generate_private_key, private_key_pem
+from fleet.registry import devices as devices_db
+from fleet.registry import groups as groups_db
+from fleet.registry import session, utcnow
+from fleet.registry import tokens as tokens_db
+from fleet.tokens import parse_token
 
 FACTORY_ACTOR = "factory:fleet-sim"
 OPERATOR_ACTOR = "operator:fleet-sim"
+RETIRED = "cessationOfOperation"
+"""The revocation reason for simulated devices still active when the run is cleaned up."""
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What a run put into the registry: the ids of its devices (those that enrolled have a
+    row), the tokens it minted, and its group when the run declared it."""
+
+    device_ids: list[str]
+    tokens: list[str]
+    group: str | None
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to clean up: the run stopped before it minted a token or declared a group
+        (no device can have enrolled)."""
+        return not self.tokens and self.group is None
+
+
+@dataclass(frozen=True, slots=True)
+class Cleanup:
+    """What cleaning up after a run removed."""
+
+    deleted: int  # devices deleted from the registry
+    revoked: int  # of them, revoked first (still active or suspended at the end)
+    tokens_revoked: int  # minted tokens no device used
+    group_deleted: str | None
+
+    def line(self) -> str:
+        group = f", deleted group {self.group_deleted}" if self.group_deleted else ""
+        return (f"removed {self.deleted} simulated device(s) from the registry ({self.revoked} "
+                f"revoked first, {RETIRED}), revoked {self.tokens_revoked} unused token(s)"
+                f"{group}; their certificates and audit events stay (--keep keeps the devices)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +81,8 @@ class FleetOperator(Protocol):
     async def revoke_device(self, device_id: str) -> None: ...
 
     async def service_credentials(self, name: str) -> ServiceCredentials: ...
+
+    async def clean_up(self, created: Created) -> Cleanup: ...
 
 
 class AuthorityOperator:
@@ -75,3 +117,39 @@ class AuthorityOperator:
             actor=OPERATOR_ACTOR)
         return ServiceCredentials(name=name, certificate=issued.certificate,
                                   key_pem=private_key_pem(key))
+
+    async def clean_up(self, created: Created) -> Cleanup:
+        """Revoke what is still live and delete the run's devices (``fleet device delete``),
+        revoke the tokens no device used, and delete the group if the run declared it and
+        nothing else is in it."""
+        return await asyncio.to_thread(self._clean_up, created)
+
+    def _clean_up(self, created: Created) -> Cleanup:
+        authority = self.authority
+        now = utcnow()
+        with session(authority.engine) as db:
+            devices = [row for row in (devices_db.get_device(session=db, device_id=device_id)
+                                       for device_id in created.device_ids) if row is not None]
+            unused = [row.id for row in (
+                tokens_db.get_token(session=db, token_id=parse_token(token).token_id)
+                for token in created.tokens)
+                if row is not None and row.revoked_at is None and row.uses_left > 0]
+        revoked = 0
+        for device in devices:
+            if device.status not in DELETABLE:
+                authority.revoke_device(device_id=device.id, reason=RETIRED,
+                                        actor=OPERATOR_ACTOR)
+                revoked += 1
+            authority.delete_device(device_id=device.id, actor=OPERATOR_ACTOR)
+        for token_id in unused:
+            authority.revoke_token(token_id=token_id, actor=OPERATOR_ACTOR)
+        group = created.group
+        if group is not None:
+            with session(authority.engine) as db:
+                occupied = group in groups_db.members(session=db, now=now, group=group)
+            if occupied:
+                group = None
+            else:
+                authority.delete_group(name=group, actor=OPERATOR_ACTOR)
+        return Cleanup(deleted=len(devices), revoked=revoked, tokens_revoked=len(unused),
+                       group_deleted=group)

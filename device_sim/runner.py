@@ -26,12 +26,13 @@ import aiohttp
 from device_sim.backend import Backend, Command
 from device_sim.device import Device, Phase
 from device_sim.environment import Endpoints, Environment, RestartWindow
-from device_sim.est_client import ESTClient
+from device_sim.est_client import ESTClient, ESTError
 from device_sim.metrics import Metrics, spans_cover
 from device_sim.misbehave import MisbehavingDevice
 from device_sim.mqtt_loop import MqttLoop
-from device_sim.operator import FleetOperator
+from device_sim.operator import Created, FleetOperator
 from device_sim.scenario import Misbehavior, Scenario
+from device_sim.tls import TrustError
 from fleet.errors import FleetError
 
 RestartHook = Callable[[], Awaitable[None]]
@@ -129,6 +130,9 @@ class Run:
         self.restart_recovery: list[float | None] = []
         self.online_series: list[int] = []
         self.offline_at_end: list[str] = []
+        self.tokens: list[str] = []
+        self.device_ids: list[str] = []
+        self.declared_group = False
         self.phase = "starting"
 
     # -- set-up -----------------------------------------------------------------------------
@@ -168,9 +172,6 @@ class Run:
     async def execute(self) -> RunResult:
         s = self.scenario
         started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.phase = "minting tokens"
-        await self.operator.declare_group(s.group)
-        tokens = await self.operator.mint_tokens(group=s.group, count=self._tokens_needed())
         metrics = Metrics()
         loop = asyncio.get_running_loop()
         connector = aiohttp.TCPConnector(limit=0, force_close=True)
@@ -183,8 +184,18 @@ class Run:
                               timeout=max(30.0, s.connect_timeout)),
                 mqtt=mqtt_loop, metrics=metrics, rng=self.rng, started=loop.time())
             env.on_first_certificate = lambda lifetime: self._check_lifetime(env, lifetime)
-            devices, misbehaving = self._roster(env, tokens)
-            backend = await self._start_backend(env)
+            try:
+                await self._reach_est(env)
+                self.phase = "minting tokens"
+                self.declared_group = await self.operator.declare_group(s.group)
+                self.tokens = await self.operator.mint_tokens(group=s.group,
+                                                              count=self._tokens_needed())
+                devices, misbehaving = self._roster(env, self.tokens)
+                self.device_ids = [d.id for d in devices]
+                backend = await self._start_backend(env)
+            except BaseException:
+                mqtt_loop.stop()
+                raise
             env.started = loop.time()
             tasks: list[asyncio.Task[None]] = []
             timeline = [
@@ -224,6 +235,19 @@ class Run:
         result.expectations = judge(result)
         return result
 
+    @property
+    def created(self) -> Created:
+        return Created(device_ids=list(self.device_ids), tokens=list(self.tokens),
+                       group=self.scenario.group if self.declared_group else None)
+
+    async def _reach_est(self, env: Environment) -> None:
+        """Fetch the CA certificates once before anything starts: an EST service that cannot
+        be reached (or does not hold the pinned root) stops the run, naming it."""
+        try:
+            await env.trust()
+        except (ESTError, TrustError) as exc:
+            raise RunError(f"EST service {self.endpoints.est_url}: {exc}") from None
+
     async def _start_backend(self, env: Environment) -> Backend | None:
         if self.scenario.command_interval <= 0 and not self.scenario.misbehaving:
             return None
@@ -242,7 +266,8 @@ class Run:
         if online not in done:
             online.cancel()
             detail = task.exception() if task.done() else "no connection within 30 s"
-            raise RunError(f"the backend service could not connect to the broker: {detail}")
+            raise RunError(f"the backend service could not connect to the broker at "
+                           f"{self.endpoints.mqtt_host}:{self.endpoints.mqtt_port}: {detail}")
         return backend
 
     async def _ramp(self, env: Environment, devices: list[Device],

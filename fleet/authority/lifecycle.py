@@ -17,6 +17,10 @@ from fleet.registry import tokens as tokens_db
 from fleet.registry.models import Certificate, CertificateStatus, Device, DeviceStatus
 
 KEY_COMPROMISE = "keyCompromise"
+DELETABLE = (DeviceStatus.PENDING, DeviceStatus.REVOKED)
+"""Devices ``fleet device delete`` removes: never enrolled, or revoked."""
+DETAIL_SERIALS = 20
+"""Serials a device.delete audit event names (it counts them all)."""
 
 
 class LifecyclePolicy(AuthorityCore):
@@ -101,6 +105,33 @@ class LifecyclePolicy(AuthorityCore):
                                          now=self.clock())
             self.audit(session, action="device.resume", outcome="ok", actor=actor,
                        device_id=device_id)
+        return device
+
+    def delete_device(self, *, device_id: str, actor: str) -> Device:
+        """Remove a device that never enrolled (pending) or is revoked from the registry.
+
+        Its certificates stay (the CRL lists the revoked ones until they expire, a key revoked
+        for keyCompromise stays refused), and so do its audit events; tokens bound to it that
+        could still enroll it are revoked. Its id is free again: a later enrollment under it
+        makes a new device, which inherits the old certificates' history.
+        """
+        with self._audited("device.delete", actor=actor, device_id=device_id) as session:
+            device = self._device(session, device_id)
+            if device.status not in DELETABLE:
+                raise ConflictError(
+                    f"device {device_id} is {device.status}: only a device that never enrolled "
+                    f"or is revoked can be deleted; revoke it first (fleet device revoke "
+                    f"{device_id} --reason REASON)", device_id=device_id)
+            token_ids = tokens_db.unused_tokens_for_device(session=session, device_id=device_id)
+            tokens_db.revoke_tokens(session=session, token_ids=token_ids, now=self.clock())
+            kept = [c.serial for c in certs_db.list_certificates(session=session,
+                                                                 device_id=device_id)]
+            devices_db.delete_device(session=session, device_id=device_id)
+            self.audit(session, action="device.delete", outcome="ok", actor=actor,
+                       device_id=device_id,
+                       detail={"group": device.group, "status": device.status,
+                               "tokens": token_ids, "certificates_kept": len(kept),
+                               "serials": kept[:DETAIL_SERIALS]})
         return device
 
     def _device(self, session: Session, device_id: str) -> Device:

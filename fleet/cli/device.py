@@ -109,6 +109,20 @@ def revoke(ctx: typer.Context, device_id: DeviceArgument, reason: ReasonOption =
     _done(fleet, device_id, f"revoked device {device_id} ({name})", as_json=as_json)
 
 
+@app.command("delete")
+def delete(ctx: typer.Context, device_id: DeviceArgument,
+           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Delete a device that never enrolled or is revoked. Its certificates (and so the CRL)
+    and its audit history stay; tokens still bound to it are revoked; the id is free again."""
+    fleet = fleet_of(ctx)
+    row = fleet.authority.delete_device(device_id=device_id, actor=fleet.actor)
+    if as_json:
+        emit_json({**device_json(row), "deleted": True})
+    else:
+        say(f"deleted device {device_id} ({row.status}, group {row.group}); its certificates "
+            "and audit history stay")
+
+
 @app.command("suspend")
 def suspend(
     ctx: typer.Context,

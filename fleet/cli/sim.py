@@ -1,8 +1,11 @@
 """``fleet sim run``: simulated devices against Fleet's EST service and broker.
 
 The devices use only EST (HTTPS) and MQTT (TLS). The command plays factory tooling (mints one
-bootstrap token per device) and operator (revokes devices, issues the backend's service
-certificate) through the registry in the data dir, so run it where ``fleet`` commands work.
+bootstrap token per device) and operator (declares the scenario's group, revokes devices,
+issues the backend's service certificate) through the registry in the data dir, so run it
+where ``fleet`` commands work. Afterwards it removes its devices from the registry (revoked
+first if still active), revokes the tokens no device used and deletes the group it declared,
+unless ``--keep``; their certificates and audit events stay.
 
 Certificate lifetime: the EST service alone decides it (``certificates.device_lifetime``,
 env ``FLEET_CERTIFICATES_DEVICE_LIFETIME``). ``--cert-lifetime`` states what the service is
@@ -120,6 +123,10 @@ def run(
         "is not empty (their directories must exist).")] = False,
     no_progress: Annotated[bool, typer.Option(
         "--no-progress", help="No live progress display.")] = False,
+    keep: Annotated[bool, typer.Option(
+        "--keep", help="Keep the simulated devices in the registry. By default they are "
+        "revoked if still active and deleted after the run, with the tokens no device used "
+        "and the group if the run declared it.")] = False,
 ) -> None:
     """Enroll, connect, publish, renew and revoke simulated devices; report and judge the run.
 
@@ -152,7 +159,7 @@ def run(
         report = asyncio.run(_run(
             fleet, scenario, est_url=est_url, mqtt_host=mqtt_host, mqtt_port=mqtt_port, pin=pin,
             spawn=spawn_services, restart_command=broker_restart_command,
-            progress=not no_progress and sys.stderr.isatty()))
+            progress=not no_progress and sys.stderr.isatty(), keep=keep))
     console = Console(file=sys.stdout, highlight=False)
     from device_sim.chart import render_html
     from device_sim.report import print_summary, write_json
@@ -170,7 +177,7 @@ def run(
 
 async def _run(fleet: Fleet, scenario: Any, *, est_url: str | None, mqtt_host: str | None,
                mqtt_port: int | None, pin: str | None, spawn: bool,
-               restart_command: str | None, progress: bool) -> dict[str, Any]:
+               restart_command: str | None, progress: bool, keep: bool) -> dict[str, Any]:
     from device_sim.environment import Endpoints
     from device_sim.operator import AuthorityOperator
     from device_sim.report import LiveProgress, build_report
@@ -205,6 +212,7 @@ async def _run(fleet: Fleet, scenario: Any, *, est_url: str | None, mqtt_host: s
         trust_domain=settings.trust_domain)
     operator = AuthorityOperator(fleet.authority)
     console = Console(file=sys.stderr)
+    runner: Run | None = None
     try:
         runner = Run(scenario, endpoints=endpoints, operator=operator, restart_broker=restart)
         if progress:
@@ -217,8 +225,12 @@ async def _run(fleet: Fleet, scenario: Any, *, est_url: str | None, mqtt_host: s
     except RunError as exc:
         raise FleetError(str(exc)) from None
     finally:
-        if services is not None:
-            await services.stop()
+        try:
+            if runner is not None and not runner.created.empty and not keep:
+                note((await operator.clean_up(runner.created)).line())
+        finally:
+            if services is not None:
+                await services.stop()
     return build_report(result)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, delete, insert, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -16,6 +16,7 @@ _TABLE = Device.__table__  # type: ignore[attr-defined]
 _SELECT = sa_select(_TABLE).where(_TABLE.c.id == bindparam("device_id"))
 _SELECT_FOR_UPDATE = _SELECT.with_for_update()
 _INSERT = insert(_TABLE)
+_DELETE = delete(_TABLE).where(_TABLE.c.id == bindparam("device_id"))
 _SET_STATUS = (
     update(_TABLE).where(_TABLE.c.id == bindparam("device_id"))
     .values(status=bindparam("new_status"), status_reason=bindparam("new_reason"),
@@ -47,6 +48,11 @@ def set_device_status(
     device.status_reason = reason
     device.updated_at = now
     return device
+
+
+def delete_device(*, session: Session, device_id: str) -> None:
+    """Remove the device row (its certificates, tokens and events stay)."""
+    execute(session, _DELETE, device_id=device_id)
 
 
 def list_devices(

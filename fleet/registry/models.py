@@ -81,7 +81,8 @@ class Certificate(SQLModel, table=True):
     __tablename__ = "certificates"
 
     serial: str = Field(primary_key=True, max_length=40)
-    device_id: str | None = Field(default=None, index=True, foreign_key="devices.id")
+    # No foreign key: a certificate outlives its device row (fleet device delete).
+    device_id: str | None = Field(default=None, index=True, max_length=64)
     service: str | None = Field(default=None, index=True, max_length=64)
     fingerprint_sha256: str = Field(unique=True, max_length=64)
     spki_sha256: str | None = Field(default=None, index=True, max_length=64)

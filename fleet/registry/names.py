@@ -3,7 +3,8 @@
 A service's client ids are its name and its name followed by one of ``-_.:/@`` and anything
 (``fleet.pki.identity``), so a new device may not be named after a service or a service's
 name plus a separator and more, and a new service may not be named so that a device's id is one
-of its client ids. Names are never released: a revoked device or service keeps its name.
+of its client ids. A revoked device or service keeps its name; only ``fleet device delete``
+(of a device that never enrolled or is revoked) releases a device's.
 
 Creating a device or a service calls ``require_disjoint`` in the transaction that inserts it.
 SQLite write transactions are already serial (BEGIN IMMEDIATE). PostgreSQL takes a

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fleet.cli.app import EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_USAGE
 
 from .helpers import Enroll, Run
@@ -164,3 +166,39 @@ def test_device_resume_refused_revoked(fleet: Run, enroll: Enroll) -> None:
     result = fleet("device", "resume", "dev-1")
     assert result.exit_code == EXIT_REFUSED
     assert "is revoked, not suspended" in result.stderr
+
+
+def test_device_delete_revoked(fleet: Run, enroll: Enroll) -> None:
+    serial = format(enroll("dev-1").certificate.serial_number, "x")
+    fleet.ok("device", "revoke", "dev-1", "--reason", "keyCompromise")
+    result = fleet.ok("device", "delete", "dev-1")
+    assert result.stdout == ("deleted device dev-1 (revoked, group sensors); its certificates "
+                             "and audit history stay\n")
+    assert fleet("device", "show", "dev-1").exit_code == EXIT_NOT_FOUND
+    assert [c["serial"] for c in fleet.json("cert", "list", "--device", "dev-1")] == [serial]
+    assert [e["action"] for e in fleet.json("audit", "--device", "dev-1")][-1] == "device.delete"
+
+
+def test_device_delete_never_enrolled_json(fleet: Run, declare: Callable[..., None]) -> None:
+    declare("sensors")
+    fleet.ok("token", "create", "--group", "sensors", "--device", "dev-1")
+    deleted = fleet.json("device", "delete", "dev-1")
+    assert (deleted["id"], deleted["status"], deleted["deleted"]) == ("dev-1", "pending", True)
+    [token] = fleet.json("token", "list")
+    assert token["revoked"] is True
+
+
+def test_device_delete_refused_while_active(fleet: Run, enroll: Enroll) -> None:
+    enroll("dev-1")
+    result = fleet("device", "delete", "dev-1")
+    assert result.exit_code == EXIT_REFUSED
+    assert result.stderr == ("error: device dev-1 is active: only a device that never enrolled "
+                             "or is revoked can be deleted; revoke it first (fleet device "
+                             "revoke dev-1 --reason REASON)\n")
+    assert fleet.json("device", "show", "dev-1")["status"] == "active"
+
+
+def test_device_delete_refused_unknown(fleet: Run) -> None:
+    result = fleet("device", "delete", "ghost")
+    assert result.exit_code == EXIT_NOT_FOUND
+    assert result.stderr == "error: unknown device 'ghost'\n"

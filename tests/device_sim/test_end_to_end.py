@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -145,3 +146,45 @@ def test_fleet_sim_run_refused_lifetime_mismatch(services: LocalServices,
                      "--mqtt-port", str(services.broker_port))
     assert done.returncode == 1
     assert "FLEET_CERTIFICATES_DEVICE_LIFETIME=3600s" in done.stdout
+
+
+def sim_devices(env: dict[str, str], run_id: str) -> list[dict[str, object]]:
+    done = subprocess.run([*FLEET, "device", "list", "--json"], env=env, capture_output=True,
+                          text=True, timeout=60, check=True)
+    return [d for d in json.loads(done.stdout) if str(d["id"]).startswith(f"sim-{run_id}-")]
+
+
+def test_fleet_sim_run_removes_its_devices_unless_kept(services: LocalServices,
+                                                        fleet_env: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    endpoints_args = ["--est-url", services.est_url, "--mqtt-host", services.host,
+                      "--mqtt-port", str(services.broker_port), "--cert-lifetime",
+                      f"{LIFETIME}s", "--devices", "3", "--duration", "3s", "--revoke", "1",
+                      "--command-interval", "0"]
+    removed = fleet_sim(fleet_env, *endpoints_args, "--json-report", str(tmp_path / "a.json"))
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert "removed 3 simulated device(s) from the registry (2 revoked first, " \
+           "cessationOfOperation), revoked 0 unused token(s)" in removed.stderr
+    run_id = json.loads((tmp_path / "a.json").read_text())["run_id"]
+    assert sim_devices(fleet_env, run_id) == []
+
+    kept = fleet_sim(fleet_env, *endpoints_args, "--keep", "--json-report",
+                     str(tmp_path / "b.json"))
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert "removed" not in kept.stderr
+    run_id = json.loads((tmp_path / "b.json").read_text())["run_id"]
+    assert sorted(str(d["status"]) for d in sim_devices(fleet_env, run_id)) == [
+        "active", "active", "revoked"]
+
+
+def test_fleet_sim_run_names_an_unreachable_est_service(services: LocalServices,
+                                                       fleet_env: dict[str, str]) -> None:
+    with socket.socket() as reserved:  # bound, not listening: connections are refused
+        reserved.bind(("127.0.0.1", 0))
+        port = reserved.getsockname()[1]
+        done = fleet_sim(fleet_env, "--devices", "2", "--duration", "5s",
+                         "--est-url", f"https://127.0.0.1:{port}",
+                         "--mqtt-host", services.host, "--mqtt-port", str(services.broker_port))
+    assert done.returncode == 1
+    assert done.stderr == (f"error: EST service https://127.0.0.1:{port}: cacerts: cannot "
+                           f"connect: [Errno 111] Connect call failed ('127.0.0.1', {port})\n")

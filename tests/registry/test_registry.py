@@ -63,7 +63,7 @@ def test_migrations_apply_twice(engine: Engine) -> None:
     assert set(inspect(engine).get_table_names()) >= TABLES
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0006",)]
+            ("0007",)]
         assert connection.execute(text("SELECT id, crl_number FROM crl_state")).all() == [(1, 0)]
 
 
@@ -258,9 +258,20 @@ def test_naive_datetimes_are_refused(engine: Engine) -> None:
                                  status=DeviceStatus.ACTIVE, now=datetime(2030, 1, 1))
 
 
-def test_certificate_needs_a_known_device(engine: Engine) -> None:
-    with write_session(engine) as session, pytest.raises(IntegrityError):
-        certs_db.add_certificate(session=session, certificate=cert_row("aa", "ghost"))
+def test_certificate_outlives_its_device_row(engine: Engine) -> None:
+    """No foreign key (migration 0007): fleet device delete keeps the certificates."""
+    add_device(engine)
+    with write_session(engine) as session:
+        certs_db.add_certificate(session=session, certificate=cert_row("aa"))
+        session.commit()
+    with write_session(engine) as session:
+        devices_db.delete_device(session=session, device_id="dev-1")
+        session.commit()
+    with new_session(engine) as session:
+        assert devices_db.get_device(session=session, device_id="dev-1") is None
+        kept = certs_db.get_certificate(session=session, serial="aa")
+        assert kept is not None
+        assert kept.device_id == "dev-1"
 
 
 def test_certificate_status_transitions(engine: Engine) -> None:
