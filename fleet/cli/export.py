@@ -29,16 +29,17 @@ OutDir = Annotated[Path, typer.Option(
     "--out", metavar="DIR", file_okay=False,
     help="Directory to write (created; must be empty unless --force).")]
 Force = Annotated[bool, typer.Option("--force", help="Write into a non-empty DIR.")]
+Port = Annotated[int, typer.Option("--port", min=1, max=65535,
+                                   help="The broker's MQTT over TLS listener port.")]
+Host = Annotated[str, typer.Option("--host", help="Address the broker listens on.")]
 
 
 @app.command("mosquitto")
 def mosquitto(
     ctx: typer.Context,
     out: OutDir,
-    port: Annotated[int, typer.Option("--port", min=1, max=65535,
-                                      help="Mosquitto's TLS listener port.")] = 8883,
-    host: Annotated[str, typer.Option("--host", help="Address Mosquitto listens on.")
-                    ] = "127.0.0.1",
+    port: Port = 8883,
+    host: Host = "127.0.0.1",
     user: Annotated[str | None, typer.Option(
         "--user", help="User Mosquitto switches to when started as root (default: "
         "mosquitto); the key and CRL are made readable by its group.")] = None,
@@ -84,10 +85,8 @@ def mosquitto(
 def emqx(
     ctx: typer.Context,
     out: OutDir,
-    port: Annotated[int, typer.Option("--port", min=1, max=65535,
-                                      help="EMQX's MQTT over TLS listener port.")] = 8883,
-    host: Annotated[str, typer.Option("--host", help="Address EMQX listens on.")
-                    ] = "127.0.0.1",
+    port: Port = 8883,
+    host: Host = "127.0.0.1",
     fleet_url: Annotated[str | None, typer.Option(
         "--fleet-url", metavar="URL", help="https://HOST:PORT of Fleet's provisioning "
         "service as EMQX reaches it.", show_default="config, https://<first hostname>:"
