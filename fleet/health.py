@@ -54,7 +54,9 @@ class Finding:
 def findings(session: Session, *, now: datetime, within: timedelta, since: datetime,
              renewal_fraction: float, superseded_grace: timedelta) -> list[Finding]:
     """Every finding, those needing action first."""
-    found = [*_expiring(session, now, within), *_overdue(session, now, renewal_fraction),
+    current = _current(session)
+    found = [*_expiring(current, now, within),
+             *_overdue(session, current, now, renewal_fraction),
              *_presented(session, since, superseded_grace), *_suspended(session),
              *_tokens(session, now, within)]
     return sorted(found, key=lambda f: (not f.needs_action, f.kind, f.subject))
@@ -92,18 +94,20 @@ def _current(session: Session) -> list[Certificate]:
     return list(session.exec(statement).all())
 
 
-def _expiring(session: Session, now: datetime, within: timedelta) -> Iterator[Finding]:
-    for cert in _current(session):
+def _expiring(current: list[Certificate], now: datetime,
+              within: timedelta) -> Iterator[Finding]:
+    for cert in current:
         if now < cert.not_after <= now + within:
             yield Finding("certificate-expiring", _owner(cert),
                           f"certificate {cert.serial} expires {cert.not_after.isoformat()}",
                           needs_action=True, at=cert.not_after)
 
 
-def _overdue(session: Session, now: datetime, fraction: float) -> Iterator[Finding]:
+def _overdue(session: Session, current: list[Certificate], now: datetime,
+             fraction: float) -> Iterator[Finding]:
     devices = {d.id: d for d in session.exec(
         select(Device).where(Device.status == DeviceStatus.ACTIVE)).all()}
-    for cert in _current(session):
+    for cert in current:
         device = devices.get(cert.device_id or "")
         if device is None or cert.not_after <= now:
             continue
