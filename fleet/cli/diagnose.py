@@ -227,7 +227,7 @@ def _audited_reason(fleet: Fleet, cert: x509.Certificate, *, since: datetime) ->
         time.sleep(0.1)
 
 
-_AUDIT_WAIT = 2.0
+_AUDIT_WAIT = 5.0
 """The broker writes its audit events off the connection's path: wait this long for one."""
 
 
