@@ -24,8 +24,10 @@ LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
 FIELDS = "fleet_fields"
 """The LogRecord attribute holding a line's fields."""
-QUIET = {"aiohttp.access": logging.WARNING, "amqtt": logging.ERROR}
-"""Libraries whose per-connection chatter says nothing Fleet's own lines do not."""
+QUIET = {"aiohttp.access": logging.WARNING, "amqtt": logging.ERROR,
+         "alembic": logging.WARNING, "transitions": logging.WARNING}
+"""Libraries whose chatter (per connection, per migration step, per state change of amqtt's
+broker) says nothing Fleet's own lines do not."""
 
 
 def fields(**values: Any) -> dict[str, Any]:

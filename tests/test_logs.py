@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -80,6 +81,28 @@ def test_configure_filters_by_level_and_replaces_its_own_handler(
     [line] = capsys.readouterr().err.splitlines()
     assert json.loads(line)["message"] == "shown"
     assert json.loads(line)["n"] == 2
+
+
+@pytest.fixture
+def restored_libraries() -> Iterator[None]:
+    levels = {name: logging.getLogger(name).level for name in logs.QUIET}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.usefixtures("restored_root", "restored_libraries")
+@pytest.mark.parametrize("library", ["alembic.runtime.migration", "transitions.core",
+                                     "amqtt.broker", "aiohttp.access"])
+def test_configure_at_info_hides_the_chatter_of_libraries(
+        library: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in logs.QUIET:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    logs.configure(level="info", format="text")
+    logging.getLogger(library).info("Context impl SQLiteImpl.")
+    logging.getLogger("fleet.test").info("shown")
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.endswith(f"fleet.test[{os.getpid()}]: shown")
 
 
 @pytest.mark.parametrize(("level", "format"), [("loud", "text"), ("info", "xml")])
