@@ -11,6 +11,11 @@ non-zero when one does, so cron or an alerting system can run it:
 - ``revoked-certificate-presented`` / ``superseded-certificate-presented`` (action): the broker
   or EST refused a certificate that is revoked, or superseded past its grace, within the
   look-back: its key is in use somewhere, by a device not updated or by whoever took the key;
+- ``certificate-shared`` (action): within the look-back the broker saw one certificate
+  connected from two addresses at once (``broker.shared``): a copied key, or at best a device
+  that reconnected from a new address while its old connection lingered;
+- ``client-id-shared`` (action): the same, for two certificates of one identity holding its
+  client id from two addresses at once (the old and the new certificate of one device);
 - ``device-suspended``: a device is suspended;
 - ``token-expiring-unused``: a bootstrap token still unused expires within the window;
 - ``tokens-unused``: the live tokens of a group that no device has used yet.
@@ -21,6 +26,7 @@ registry: the earliest expiry of a current certificate and the unused tokens of 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,6 +45,8 @@ from fleet.registry.models import (
 
 PRESENTING_ACTIONS = ("broker.connect", "reenroll")
 """Refusals of these actions carry the serial of the certificate the client presented."""
+SHARED_ACTION = "broker.shared"
+"""A certificate or client id connected from two addresses at once (fleet.broker.gate)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +65,8 @@ def findings(session: Session, *, now: datetime, within: timedelta, since: datet
     current = _current(session)
     found = [*_expiring(current, now, within),
              *_overdue(session, current, now, renewal_fraction),
-             *_presented(session, since, superseded_grace), *_suspended(session),
+             *_presented(session, since, superseded_grace), *_shared(session, since),
+             *_suspended(session),
              *_tokens(session, now, within)]
     return sorted(found, key=lambda f: (not f.needs_action, f.kind, f.subject))
 
@@ -147,6 +156,36 @@ def _presented(session: Session, since: datetime, grace: timedelta) -> Iterator[
         yield Finding(kind, _owner(cert),
                       f"certificate {cert.serial}, {state}, was presented {len(events)} times "
                       f"to {', '.join(places)}; last refusal: {last.reason}",
+                      needs_action=True, at=last.at)
+
+
+def _shared(session: Session, since: datetime) -> Iterator[Finding]:
+    events = session.exec(
+        select(AuditEvent)
+        .where(AuditEvent.action == SHARED_ACTION, col(AuditEvent.serial).is_not(None),
+               AuditEvent.at >= since)
+        .order_by(col(AuditEvent.id))).all()
+    seen: dict[tuple[str, str], list[tuple[AuditEvent, dict[str, str]]]] = {}
+    for event in events:
+        detail = {k: str(v) for k, v in json.loads(event.detail or "{}").items()}
+        key = (("certificate-shared", event.serial or "")
+               if detail.get("other_serial") == event.serial
+               else ("client-id-shared", detail.get("client_id", "")))
+        seen.setdefault(key, []).append((event, detail))
+    owners = {cert.serial: _owner(cert) for cert in session.exec(select(Certificate).where(
+        col(Certificate.serial).in_({e.serial for found in seen.values() for e, _ in found})
+    )).all()}
+    for (kind, held), found in seen.items():
+        addresses = ", ".join(sorted({d.get(key, "?") for _, d in found
+                                      for key in ("address", "other_address")}))
+        serials = sorted({s for e, d in found for s in (e.serial or "", d.get("other_serial"))
+                          if s})
+        what = (f"certificate {held}" if kind == "certificate-shared" else
+                f"client id {held} (certificates {', '.join(serials)})")
+        last = found[-1][0]
+        times = f"{len(found)} time{'s' if len(found) != 1 else ''}"
+        yield Finding(kind, owners.get(last.serial or "", f"certificate/{last.serial}"),
+                      f"{what} connected from {addresses} at once, {times}",
                       needs_action=True, at=last.at)
 
 

@@ -130,7 +130,7 @@ class Audit:
 
     def unverified(self, action: str, error: FleetError) -> None:
         """A refusal that proves nothing about the peer (aggregated by source address)."""
-        self._strangers.add(action, actor=actor_of(ACTOR, _host(error.context.get("peer"))),
+        self._strangers.add(action, actor=actor_of(ACTOR, host_of(error.context.get("peer"))),
                             reason=error.message)
 
     def denied(self, action: str, error: FleetError, *, identity: str, topic: str) -> None:
@@ -142,6 +142,11 @@ class Audit:
     def disconnected(self, action: str, *, reason: str, device_id: str | None,
                      serial: str | None, detail: dict[str, object] | None = None) -> None:
         """The broker dropped a live connection (revocation, suspension, expiry)."""
+        self.noted(action, reason=reason, device_id=device_id, serial=serial, detail=detail)
+
+    def noted(self, action: str, *, reason: str, device_id: str | None, serial: str | None,
+              detail: dict[str, object] | None = None) -> None:
+        """Something the broker saw and did not refuse (outcome ``ok``)."""
         log.info("%s: %s", action, reason)
         self._submit(action, partial(self._backend.record, action, outcome="ok",
                                      device_id=device_id, serial=serial, reason=reason,
@@ -180,7 +185,7 @@ class Audit:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
 
-def _host(peer: object) -> str:
+def host_of(peer: object) -> str:
     """The address part of ``host:port`` or ``[v6]:port``."""
     text = str(peer) if peer else "unknown"
     host, colon, port = text.rpartition(":")

@@ -14,8 +14,11 @@ the CONNACK its check names.
 Every refusal is audited (the certificate is verified: one event each). An admitted connection
 replaces an earlier connection of the same client id (MQTT-3.1.4-2), is dropped when its
 certificate expires or after 1.5 x keep-alive of silence (S5), and its CONNECT bytes are
-replayed into amqtt. A later packet that breaks MQTT 3.1.1 (fleet.broker.conformance) closes
-the connection and is audited as ``broker.protocol``, naming the rule.
+replayed into amqtt. When its certificate or its client id is already connected from another
+address, the gate audits ``broker.shared`` naming both (``fleet health`` reports it: a copied
+key, or a device that moved while its old connection lingered). A later packet that breaks
+MQTT 3.1.1 (fleet.broker.conformance) closes the connection and is audited as
+``broker.protocol``, naming the rule.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from fleet import pki
 from fleet.acl import Policy
 from fleet.authority import Admission, ConnectReturnCode, serial_hex
 from fleet.broker import packets
-from fleet.broker.backend import Audit, Backend
+from fleet.broker.backend import Audit, Backend, host_of
 from fleet.broker.conformance import Violation
 from fleet.broker.connection import (
     Connection,
@@ -51,6 +54,7 @@ from fleet.errors import (
     IdentityError,
     RegistryUnavailableError,
 )
+from fleet.health import SHARED_ACTION
 from fleet.logs import fields
 from fleet.pki import Identity
 from fleet.registry.models import utcnow
@@ -207,6 +211,7 @@ class Gate:
                    reader: asyncio.StreamReader,
                    writer: asyncio.StreamWriter) -> None:
         previous = self._connections.claim(connection, connect.client_id)
+        self._shared(connection, previous)
         if previous is not None:  # MQTT-3.1.4-2: the same identity connects again
             previous.abort("replaced by a new connection with the same client id")
             await asyncio.wait({previous.finished}, timeout=self._timeout)
@@ -226,6 +231,31 @@ class Gate:
             log.exception("amqtt failed on %s", connection)
         finally:
             expiry.cancel()
+
+    def _shared(self, connection: Connection, previous: Connection | None) -> None:
+        """Audit each admitted connection from another address that holds this connection's
+        certificate, or the client id it takes over (*previous*)."""
+        address = host_of(connection.peer)
+        others = {other for other in self._connections.with_serial(connection.serial)
+                  if other.client_id is not None and other is not connection}
+        if previous is not None:
+            others.add(previous)
+        for other in others:
+            other_address = host_of(other.peer)
+            if other_address == address:
+                continue
+            reason = (f"certificate {connection.serial} connected from {address} while "
+                      f"connected from {other_address}" if other.serial == connection.serial
+                      else f"client id {connection.client_id!r} connected from {address} "
+                      f"(certificate {connection.serial}) while connected from "
+                      f"{other_address} (certificate {other.serial})")
+            detail: dict[str, object] = {
+                "client_id": connection.client_id, "peer": connection.peer, "address": address,
+                "other_client_id": other.client_id, "other_peer": other.peer,
+                "other_address": other_address, "other_serial": other.serial,
+                "replaced": other is previous}
+            self._audit.noted(SHARED_ACTION, reason=reason, device_id=connection.device_id,
+                              serial=connection.serial, detail=detail)
 
     def _expired(self, connection: Connection, superseded: bool) -> None:
         reason = (f"certificate {connection.serial} superseded: its grace ended" if superseded

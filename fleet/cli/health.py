@@ -25,12 +25,14 @@ def health_command(
         help="Report certificates and tokens that expire within this window.")] = None,
     since: Annotated[timedelta | None, typer.Option(
         "--since", parser=params.duration, metavar="DURATION", show_default="24h",
-        help="Look this far back for revoked or superseded certificates still presented.")
+        help="Look this far back for revoked or superseded certificates still presented "
+             "and for certificates connected from two addresses at once.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Certificates about to expire or overdue for renewal, revoked ones still presented,
-    suspended devices and unused tokens. Exits 1 when something needs action."""
+    certificates connected from two addresses at once, suspended devices and unused tokens.
+    Exits 1 when something needs action."""
     fleet = fleet_of(ctx)
     settings = fleet.settings
     now = utcnow()

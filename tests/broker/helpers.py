@@ -118,10 +118,12 @@ class Client:
     def __init__(self, port: int, credentials: Credentials | None, *,
                  client_id: str | None = None, clean_session: bool = True,
                  will: tuple[str, bytes, int, bool] | None = None, keepalive: int = 60,
-                 ca: Path | None = None) -> None:
+                 ca: Path | None = None, source: str = "") -> None:
         name = credentials.name if credentials else "anonymous"
         self.client_id = name if client_id is None else client_id
         self.port = port
+        self.source = source
+        """The local address connections are made from (any of 127/8; "" lets the OS pick)."""
         self.paho = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                 clean_session=clean_session, protocol=mqtt.MQTTv311,
                                 reconnect_on_failure=False)
@@ -160,7 +162,8 @@ class Client:
         self.paho.loop_stop()
         self.disconnected.clear()
         try:
-            self.paho.connect("127.0.0.1", self.port, keepalive=self.keepalive)
+            self.paho.connect("127.0.0.1", self.port, keepalive=self.keepalive,
+                              bind_address=self.source)
         except (OSError, ssl.SSLError):
             return None
         self.paho.loop_start()
