@@ -100,38 +100,6 @@ class Metrics:
         counts = self.per_second.get(name, Counter())
         return [counts.get(second, 0) for second in range(seconds)]
 
-    def merge(self, other: Metrics) -> None:
-        self.counters.update(other.counters)
-        for name, values in other.samples.items():
-            self.samples.setdefault(name, []).extend(values)
-        for name, counts in other.per_second.items():
-            self.per_second.setdefault(name, Counter()).update(counts)
-        room = MAX_ERRORS_KEPT - len(self.errors)
-        self.errors.extend(other.errors[:max(room, 0)])
-        self.errors_by_kind.update(other.errors_by_kind)
-
-    def to_data(self) -> dict[str, Any]:
-        """Plain data (for a pipe between processes)."""
-        return {
-            "counters": dict(self.counters),
-            "samples": self.samples,
-            "per_second": {name: dict(counts) for name, counts in self.per_second.items()},
-            "errors": [(e.t, e.kind, e.device_id, e.detail) for e in self.errors],
-            "errors_by_kind": dict(self.errors_by_kind),
-        }
-
-    @classmethod
-    def from_data(cls, data: dict[str, Any]) -> Metrics:
-        return cls(
-            counters=Counter(data["counters"]),
-            samples={name: [(v[0], v[1]) for v in values]
-                     for name, values in data["samples"].items()},
-            per_second={name: Counter({int(k): v for k, v in counts.items()})
-                        for name, counts in data["per_second"].items()},
-            errors=[ErrorRecord(*e) for e in data["errors"]],
-            errors_by_kind=Counter(data["errors_by_kind"]),
-        )
-
 
 def spans_cover(spans: Iterable[tuple[float, float | None]], start: float, end: float) -> bool:
     """Does any span ``(begin, end or None for "still open")`` overlap ``[start, end]``?"""

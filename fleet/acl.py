@@ -90,11 +90,6 @@ def uncovered_topic(topic_filter: str, allowed: Iterable[str]) -> str | None:
     return None if found is None else "/".join(found)
 
 
-def covers(allowed: Iterable[str], topic_filter: str) -> bool:
-    """Is every topic matched by *topic_filter* matched by some filter in *allowed*?"""
-    return is_topic_filter(topic_filter) and uncovered_topic(topic_filter, allowed) is None
-
-
 def _is_topic(levels: Sequence[str]) -> bool:
     return bool(levels) and levels != [""]
 

@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
@@ -368,5 +368,3 @@ METRICS_OFF = -1
 RESERVED_LABELS = frozenset({"cacerts", "simpleenroll", "simplereenroll", "csrattrs",
                              "serverkeygen", "fullcmc"})
 """RFC 7030 3.2.2: a CA label must not equal an operation path segment."""
-
-SETTING_NAMES = tuple(f.name for f in fields(Settings))

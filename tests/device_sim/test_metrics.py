@@ -78,22 +78,6 @@ def test_every_kind_of_error_keeps_a_few_examples() -> None:
     assert any(e.kind == "command-lost" for e in metrics.errors)
 
 
-def test_metrics_survive_a_trip_through_plain_data_and_merge() -> None:
-    a, b = Metrics(), Metrics()
-    a.event("enrolled", 0.5)
-    a.sample("enroll_latency", 0.5, 120.0)
-    b.event("enrolled", 1.5)
-    b.sample("enroll_latency", 1.5, 80.0)
-    b.error(2.0, "renewal-failed", "d1", "HTTP 403")
-    a.merge(Metrics.from_data(b.to_data()))
-    assert a.counters["enrolled"] == 2
-    assert sorted(a.values("enroll_latency")) == [80.0, 120.0]
-    assert a.rate_series("enrolled", 2) == [1, 1]
-    assert a.errors_by_kind == {"renewal-failed": 1}
-    assert a.errors[0].as_dict() == {"t": 2.0, "kind": "renewal-failed", "device_id": "d1",
-                                     "detail": "HTTP 403"}
-
-
 def test_spans_cover() -> None:
     spans = [(1.0, 3.0), (5.0, None)]
     assert spans_cover(spans, 2.0, 2.5)
