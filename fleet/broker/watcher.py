@@ -1,7 +1,9 @@
 """The revocation watcher: drops live connections of revoked or suspended identities and
 purges what they left behind.
 
-Polls the registry's revocation events every ``revocation_poll_interval``. An event naming a
+Polls the registry's revocation events every ``revocation_poll_interval``, and at once when
+PostgreSQL announces one (fleet.registry.notify: the announcement wakes the poll, which reads
+the events; only a successful poll confirms revocation state). An event naming a
 certificate serial drops every connection that presented that certificate; an event naming
 only a device (device revoked or suspended) drops every connection of that device. The
 dropped identity's will is not published. Reconnects are refused by the gate, which asks the
@@ -60,6 +62,7 @@ from fleet.broker.health import BrokerMetrics, Health
 from fleet.errors import FleetError
 from fleet.pki import Identity
 from fleet.registry.models import RevocationEvent, utcnow
+from fleet.registry.notify import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +94,14 @@ class RevocationWatcher:
         self.failures = 0
         """Polls failed in a row since the last successful one."""
         self._last_error: str | None = None
+        self.wakeup = Wakeup.of(self._authority.engine, name="broker revocation watcher")
 
     async def start(self) -> None:
         """Start after the newest event: earlier ones are checked at CONNECT anyway."""
         started = self._authority.clock()
         self._last = await self._backend.last_revocation_id()
         self.confirmed_at = started
+        self.wakeup.start()
         self._task = asyncio.create_task(self._run(), name="fleet-revocation-watcher")
 
     def poll_age(self) -> float:
@@ -118,13 +123,14 @@ class RevocationWatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.wakeup.close()
         if self._purges:
             await asyncio.wait(set(self._purges), timeout=_FINISH_WAIT)
 
     async def _run(self) -> None:
         delay = self._interval
         while True:
-            await asyncio.sleep(delay)
+            await self.wakeup.wait(delay)
             started = self._authority.clock()
             try:
                 await self.poll()

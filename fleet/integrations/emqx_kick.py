@@ -1,8 +1,8 @@
 """The EMQX revocation hook: kicks revoked and suspended identities off EMQX through its REST
 API (``DELETE /api/v5/clients/{clientid}``, authenticated with an API key as HTTP Basic).
 
-It follows the registry's revocation events as the broker's watcher does
-(``Authority.revocations_after``, every ``broker.revocation_poll_interval``, starting after
+It follows the registry's revocation events (fleet.integrations.follower: every
+``broker.revocation_poll_interval`` and at once when PostgreSQL announces one, starting after
 the newest event) and turns each revoked or suspended device or certificate into the client
 id to kick: a device's id, or the name of the service a certificate belongs to. Kicks wait in
 a bounded queue: when it is full the follower waits and does not move past the event, so
@@ -29,6 +29,7 @@ import aiohttp
 
 from fleet.authority.admission import AdmissionPolicy
 from fleet.errors import FleetError
+from fleet.integrations.follower import RevocationFollower
 from fleet.registry import certificates as certs_db
 from fleet.registry.engine import session as new_session
 from fleet.registry.engine import unavailable_as_error
@@ -83,12 +84,11 @@ class EmqxKicker:
         self._base = api_url.rstrip("/") + CLIENTS_PATH
         self._headers = {"Authorization": api_key.authorization()}
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._interval = (poll_interval if poll_interval is not None else
-                          authority.settings.revocation_poll_interval.total_seconds())
+        self.follower = RevocationFollower(authority=authority, handle=self._queue_kicks,
+                                           name="EMQX kick hook", interval=poll_interval)
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
         self._senders = senders
         self._retry = retry
-        self._last = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self.kicked = 0
@@ -97,13 +97,13 @@ class EmqxKicker:
         """Kicks given up on."""
 
     async def start(self) -> None:
-        self._last = await asyncio.to_thread(self._authority.last_revocation_id)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        self._tasks = [asyncio.create_task(self._follow(), name="emqx-kick-follow"),
-                       *(asyncio.create_task(self._send(), name=f"emqx-kick-send-{n}")
-                         for n in range(self._senders))]
+        self._tasks = [asyncio.create_task(self._send(), name=f"emqx-kick-send-{n}")
+                       for n in range(self._senders)]
+        await self.follower.start()
 
     async def close(self) -> None:
+        await self.follower.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -116,23 +116,11 @@ class EmqxKicker:
 
     # -- following the registry -------------------------------------------------------------
 
-    async def _follow(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.poll()
-            except Exception as exc:  # the registry is back later; never stop following
-                log.warning("revocation poll for EMQX failed, retrying: %s", exc,
-                            exc_info=not isinstance(exc, FleetError))
-
-    async def poll(self) -> None:
-        """Queue a kick for every event since the last poll (waiting while the queue is
-        full); the position moves past an event once its kicks are queued."""
-        while events := await asyncio.to_thread(self._authority.revocations_after, self._last):
-            for event in events:
-                for client_id in await asyncio.to_thread(self.client_ids, event):
-                    await self._queue.put(client_id)
-                self._last = event.id or self._last
+    async def _queue_kicks(self, event: RevocationEvent) -> None:
+        """Queue the kicks of *event*, waiting while the queue is full (the follower moves
+        past the event once they are queued)."""
+        for client_id in await asyncio.to_thread(self.client_ids, event):
+            await self._queue.put(client_id)
 
     def client_ids(self, event: RevocationEvent) -> Sequence[str]:
         """The client ids *event* kicks off EMQX (blocking: may ask the registry)."""

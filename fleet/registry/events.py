@@ -1,4 +1,5 @@
-"""Append-only event rows: audit events and the revocation events the broker polls."""
+"""Append-only event rows: audit events and the revocation events the broker and the hooks
+follow (polled; announced with NOTIFY on PostgreSQL, see fleet.registry.notify)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlmodel import Session, col, select, update
 
 from fleet.registry.engine import execute
 from fleet.registry.models import AuditEvent, CRLState, RevocationEvent
+from fleet.registry.notify import announce
 
 
 def record_audit(
@@ -172,7 +174,8 @@ def record_revocation(
     *, session: Session, now: datetime, kind: str, serial: str | None = None,
     device_id: str | None = None,
 ) -> RevocationEvent:
-    if session.get_bind().dialect.name == "postgresql":
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    if postgresql:
         # Ids are handed out in call order but transactions commit in any order; a poller that
         # remembers the last id it saw would skip an id committed after a higher one. Writers
         # take turns until commit (readers are not blocked), so id order is commit order.
@@ -180,6 +183,9 @@ def record_revocation(
     event = RevocationEvent(serial=serial, device_id=device_id, kind=kind, created_at=now)
     session.add(event)
     session.flush()
+    if postgresql:
+        assert event.id is not None
+        announce(session, event.id)  # delivered on commit (fleet.registry.notify)
     return event
 
 

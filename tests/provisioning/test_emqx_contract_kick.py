@@ -74,8 +74,9 @@ async def fake_emqx(fake: FakeEmqx) -> AsyncIterator[FakeEmqx]:
 
 @asynccontextmanager
 async def kicker(est: Est, fake: FakeEmqx, **options: Any) -> AsyncIterator[EmqxKicker]:
+    options.setdefault("poll_interval", 0.05)
     hook = EmqxKicker(authority=est.authority, api_url=fake.url, api_key=KEY,
-                      poll_interval=0.05, retry=Retry(first_delay=0.02), **options)
+                      retry=Retry(first_delay=0.02), **options)
     await hook.start()
     try:
         yield hook
@@ -150,6 +151,27 @@ def test_emqx_contract_kick_process_follows_fleet_device_revoke(est: Est,
                 if process.poll() is None:
                     process.kill()
                     process.wait(10)
+
+    run(main)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_emqx_contract_kick_is_pushed_on_postgres_with_a_minute_poll_interval(
+        est_any_db: Est) -> None:
+    """The hook listens for the NOTIFY of each revocation event (fleet.registry.notify)."""
+    est_any_db.device("d1")
+
+    async def main() -> None:
+        async with fake_emqx(FakeEmqx()) as fake, \
+                kicker(est_any_db, fake, poll_interval=60.0) as hook:
+            await until(lambda: hook.follower.wakeup.listening)
+            revoked_at = time.monotonic()
+            await asyncio.to_thread(est_any_db.authority.revoke_device, device_id="d1",
+                                    reason="keyCompromise", actor="test")
+            await until(lambda: bool(fake.requests), within=2.0)
+            assert fake.kicked() == ["d1"]
+            assert fake.requests[0][2] - revoked_at < 1.0
 
     run(main)
 
