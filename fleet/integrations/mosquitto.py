@@ -10,6 +10,8 @@ service. Fleet's *publish* is Mosquitto's ``write``, *subscribe* its ``read`` (w
 also checks on every delivery, as Fleet does). Revocation reaches Mosquitto through its
 ``crlfile``: rewrite it with ``fleet crl --force --out`` after a revocation and send
 Mosquitto SIGHUP, which makes it read the CRL again (it checks the CRL in new handshakes only).
+``set_tcp_nodelay`` turns Nagle's algorithm off on client sockets, so that a small packet
+(a CONNACK, a PUBACK) is sent at once, not held back until the client ACKs earlier data.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def configuration(listener: Listener) -> str:
         "per_listener_settings false",
         "allow_anonymous false",
         f"acl_file {listener.acl_file}",
+        "set_tcp_nodelay true",
     ]
     if listener.user is not None:
         lines.append(f"user {listener.user}")

@@ -117,6 +117,14 @@ def test_mosquitto_admits_enrolled_devices_confines_them_and_refuses_a_revoked_o
             client.close()
 
 
+def test_mosquitto_configuration_turns_nagle_off(tmp_path: Path) -> None:
+    listener = mosquitto.Listener(host="127.0.0.1", port=8883, cafile=tmp_path / "ca.pem",
+                                  certfile=tmp_path / "server.pem",
+                                  keyfile=tmp_path / "server.key", crlfile=tmp_path / "crl.pem",
+                                  acl_file=tmp_path / "acl")
+    assert "set_tcp_nodelay true" in mosquitto.configuration(listener).splitlines()
+
+
 def test_mosquitto_acl_translates_the_topic_policy(settings: Settings) -> None:
     text = mosquitto.acl(load_policy(settings.acl_file), devices={"d1": "sensors"},
                          services=["ingest"])
