@@ -139,10 +139,10 @@ def emqx_kick(
         help="CA certificates for an https:// API URL (default: the system's).")] = None,
 ) -> None:
     """Kick revoked and suspended clients off EMQX, following the revocation events."""
-    from fleet.integrations.emqx_kick import ApiKey, EmqxKicker
+    from fleet.integrations.emqx_kick import EmqxKicker, parse_api_key
 
     fleet = fleet_of(ctx)
-    api_key = ApiKey.parse(api_key_file.read_text(encoding="utf-8"))
+    api_key = parse_api_key(api_key_file.read_text(encoding="utf-8"))
     context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
     kicker = EmqxKicker(authority=fleet.authority, api_url=api_url, api_key=api_key,
                         ssl_context=context)

@@ -28,9 +28,10 @@ from typer.testing import CliRunner
 
 from fleet import pki
 from fleet.cli.app import app
-from fleet.integrations.emqx_kick import ApiKey, EmqxKicker, Retry
+from fleet.integrations.emqx_kick import EmqxKicker, parse_api_key
+from fleet.integrations.hook import Credentials, Retry
 
-KEY = ApiKey("fleet-hook", "s3cret-value")
+KEY = Credentials("fleet-hook", "s3cret-value")
 EXPECTED_AUTH = "Basic " + base64.b64encode(b"fleet-hook:s3cret-value").decode()
 
 
@@ -123,7 +124,7 @@ def test_emqx_contract_kick_process_follows_fleet_device_revoke(est: Est,
     """`fleet serve emqx-kick` as its own process, at the default poll interval."""
     est.device("d1")
     key_file = tmp_path / "emqx-api-key"
-    key_file.write_text(f"{KEY.key}:{KEY.secret}\n")
+    key_file.write_text(f"{KEY.user}:{KEY.secret}\n")
     env = {**os.environ, "FLEET_DATA_DIR": str(est.settings.data_dir)}
 
     async def main() -> None:
@@ -183,7 +184,7 @@ def test_emqx_contract_kick_is_retried_on_5xx(est: Est) -> None:
         async with fake_emqx(FakeEmqx(statuses=[503, 500, 502, 204])) as fake, \
                 kicker(est, fake) as hook:
             est.authority.revoke_device(device_id="d1", reason="keyCompromise", actor="test")
-            await until(lambda: hook.kicked == 1)
+            await until(lambda: hook.done == 1)
             assert fake.kicked() == ["d1"] * 4
             assert {auth for _, auth, _ in fake.requests} == {EXPECTED_AUTH}
 
@@ -199,9 +200,9 @@ def test_emqx_contract_kick_4xx_is_not_retried(est: Est, status: int, kicked: in
     async def main() -> None:
         async with fake_emqx(FakeEmqx(statuses=[status])) as fake, kicker(est, fake) as hook:
             est.authority.revoke_device(device_id="d1", reason="keyCompromise", actor="test")
-            await until(lambda: hook.kicked + hook.failed == 1)
+            await until(lambda: hook.done + hook.failed == 1)
             await asyncio.sleep(0.2)
-            assert (hook.kicked, hook.failed) == (kicked, failed)
+            assert (hook.done, hook.failed) == (kicked, failed)
             assert fake.kicked() == ["d1"]
 
     run(main)
@@ -236,7 +237,7 @@ def test_emqx_contract_kick_queue_is_bounded_and_loses_nothing(est: Est) -> None
                                             actor="test")
             await until(lambda: hook._queue.full())
             assert hook._queue.qsize() == 1
-            await until(lambda: hook.kicked == len(names))
+            await until(lambda: hook.done == len(names))
             assert fake.kicked() == names
 
     run(main)
@@ -257,7 +258,7 @@ def test_emqx_contract_kick_suspension_and_service_revocation_not_renewal(est: E
             est.authority.suspend_device(device_id="d2", actor="test")
             est.authority.revoke_certificate(serial=service.record.serial,
                                              reason="keyCompromise", actor="test")
-            await until(lambda: hook.kicked == 2)
+            await until(lambda: hook.done == 2)
             await asyncio.sleep(0.2)
             assert fake.kicked() == ["d2", "ingest"]
 
@@ -265,9 +266,9 @@ def test_emqx_contract_kick_suspension_and_service_revocation_not_renewal(est: E
 
 
 def test_emqx_contract_kick_api_key_is_key_colon_secret_and_never_shown() -> None:
-    key = ApiKey.parse("fleet-hook:s3cret-value\n")
-    assert (key.key, key.secret) == ("fleet-hook", "s3cret-value")
+    key = parse_api_key("fleet-hook:s3cret-value\n")
+    assert (key.user, key.secret) == ("fleet-hook", "s3cret-value")
     assert "s3cret" not in repr(key)
     for bad in ("no-colon", ":secret", "key:"):
         with pytest.raises(Exception, match="KEY:SECRET"):
-            ApiKey.parse(bad)
+            parse_api_key(bad)
