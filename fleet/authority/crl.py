@@ -70,16 +70,24 @@ class CrlPolicy(AdmissionPolicy):
         return chosen
 
     def build_crls(self) -> tuple[SignedCrl, ...]:
-        """Sign a fresh CRL for every issuing CA in use, each with the next CRL number."""
+        """Sign a fresh CRL for every issuing CA in use, each with the next CRL number.
+
+        The numbers are taken first: the counter's row stays locked until commit, so
+        whichever build reads the revocations later gets the higher number (what other
+        processes revoked meanwhile is never missing from a CRL numbered above one that
+        lists it, RFC 5280 5.2.3).
+        """
         with self.transaction() as session:
+            signers = self.ca.signers()
+            numbers = [events_db.next_crl_number(session=session) for _ in signers]
             now = self.clock()
             return tuple(
                 SignedCrl(issuing, pki.build_crl(
                     issuer=issuing.certificate, issuer_key=key,
                     revoked=self._revoked(session, now, issuing.key_id),
-                    crl_number=events_db.next_crl_number(session=session), now=now,
+                    crl_number=crl_number, now=now,
                     next_update=self.settings.crl_next_update))
-                for issuing, key in self.ca.signers())
+                for (issuing, key), crl_number in zip(signers, numbers, strict=True))
 
     def _revoked(self, session: Session, now: datetime,
                  key_id: str) -> list[pki.RevokedEntry]:

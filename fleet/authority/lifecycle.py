@@ -53,7 +53,8 @@ class LifecyclePolicy(AuthorityCore):
         serial = serial.lower().replace(":", "")
         with self._audited("cert.revoke", actor=actor, serial=serial) as session:
             pki.check_reason(reason)
-            record = certs_db.get_certificate(session=session, serial=serial) \
+            # Locked: of concurrent revocations of one certificate only the first is made.
+            record = certs_db.get_certificate(session=session, serial=serial, for_update=True) \
                 if SERIAL_PATTERN.fullmatch(serial) else None
             if record is None:
                 raise NotFoundError(f"unknown certificate serial {serial!r}", serial=serial)

@@ -15,12 +15,15 @@ from fleet.registry.models import Certificate, CertificateStatus, Device
 
 _TABLE = Certificate.__table__  # type: ignore[attr-defined]
 _SELECT = sa_select(_TABLE).where(_TABLE.c.serial == bindparam("serial"))
+_SELECT_FOR_UPDATE = _SELECT.with_for_update()
 _INSERT = insert(_TABLE)
 
 
-def get_certificate(*, session: Session, serial: str) -> Certificate | None:
-    """The certificate row (detached)."""
-    row = execute(session, _SELECT, serial=serial).mappings().first()
+def get_certificate(*, session: Session, serial: str,
+                    for_update: bool = False) -> Certificate | None:
+    """The certificate row (detached), locked until commit with *for_update* on PostgreSQL."""
+    statement = _SELECT_FOR_UPDATE if for_update else _SELECT
+    row = execute(session, statement, serial=serial).mappings().first()
     return Certificate(**row) if row else None
 
 
@@ -101,10 +104,13 @@ def supersede_if_active(*, session: Session, serial: str, now: datetime) -> bool
 def revoke_certificates(
     *, session: Session, serials: Sequence[str], reason: str, now: datetime
 ) -> None:
+    """Revoke those of *serials* not revoked yet: a revocation's time and reason, once
+    recorded, are never rewritten (by a concurrent revocation either)."""
     if serials:
         session.exec(
             update(Certificate)
-            .where(col(Certificate.serial).in_(list(serials)))
+            .where(col(Certificate.serial).in_(list(serials)),
+                   col(Certificate.status) != CertificateStatus.REVOKED)
             .values(status=CertificateStatus.REVOKED, revoked_at=now, revocation_reason=reason)
         )
 
@@ -117,10 +123,11 @@ def unrevoked_serials(*, session: Session, device_id: str) -> list[str]:
 
 
 def unrevoked_with_key(*, session: Session, spki_sha256: str) -> Sequence[Certificate]:
-    """Every certificate of this public key that is not revoked yet."""
+    """Every certificate of this public key that is not revoked yet, locked until commit on
+    PostgreSQL."""
     statement = select(Certificate).where(
         Certificate.spki_sha256 == spki_sha256, Certificate.status != CertificateStatus.REVOKED
-    ).order_by(col(Certificate.issued_at))
+    ).order_by(col(Certificate.issued_at), col(Certificate.serial)).with_for_update()
     return session.exec(statement).all()
 
 

@@ -14,11 +14,13 @@ from pki.x509_factory import new_key
 
 from fleet.errors import (
     CertificateNotActiveError,
+    ConflictError,
     FleetError,
     ForbiddenError,
     TokenError,
 )
 from fleet.registry import CertificateStatus, DeviceStatus
+from fleet.registry import events as events_db
 
 from .conftest import Fleet
 
@@ -120,3 +122,27 @@ def test_revocation_racing_reenrollment_leaves_nothing_usable(fleet: Fleet) -> N
     assert device is not None
     assert device.status == DeviceStatus.REVOKED
     assert {c.status for c in fleet.certificates("dev-1")} == {CertificateStatus.REVOKED}
+
+
+def test_certificate_revoked_by_10_operators_at_once_keeps_the_first_reason(
+        fleet: Fleet) -> None:
+    """One revocation wins; the others find it revoked (ConflictError) and rewrite nothing."""
+    serial = fleet.enroll("dev-1").record.serial
+    reasons = ["cessationOfOperation", "affiliationChanged"] * 5
+    calls = [functools.partial(fleet.authority.revoke_certificate, serial=serial,
+                               reason=reason, actor=f"ops-{i}")
+             for i, reason in enumerate(reasons)]
+    wins, refusals = race(calls)
+    assert len(wins) == 1
+    assert all(isinstance(e, ConflictError) for e in refusals), Counter(map(type, refusals))
+    row = fleet.certificate(serial)
+    assert row is not None
+    assert row.revocation_reason == wins[0].revocation_reason
+    [crl_entry] = fleet.authority.current_crl()
+    assert crl_entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value \
+        == row.revocation_reason
+    with fleet.session() as session:
+        events = events_db.revocations_after(session=session, after_id=0)
+    assert [e.serial for e in events if e.kind == "revoked"] == [serial]
+    outcomes = Counter(e.outcome for e in fleet.audit() if e.action == "cert.revoke")
+    assert outcomes == {"ok": 1, "refused": 9}

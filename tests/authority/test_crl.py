@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+import fleet.authority.crl as fleet_crl
 from fleet.authority import Authority
 from fleet.ca import Paths
+from fleet.registry import certificates as certs_db
 
 from .conftest import Fleet
 
@@ -118,3 +125,39 @@ def test_openssl_accepts_the_crl_and_lists_the_serial(fleet: Fleet, tmp_path: Pa
     shown = re.search(r"CRL Number:\s*(\d+)", text)
     assert shown is not None
     assert int(shown.group(1)) == number(crl)
+
+
+def test_crl_built_while_a_revocation_commits_never_outnumbers_one_that_lists_it(
+        fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The number is taken (and the counter held) before the revoked certificates are read:
+    a CRL built around a concurrent revocation either lists it or has the lower number."""
+    serial = fleet.enroll("dev-1").record.serial
+    other = Authority(settings=fleet.authority.settings, engine=fleet.authority.engine,
+                      ca=fleet.authority.ca, clock=fleet.clock)
+    reading, proceed = threading.Event(), threading.Event()
+    read = certs_db.revoked_certificates
+
+    def held_read(**kwargs: Any) -> Any:
+        rows = read(**kwargs)
+        if not reading.is_set():  # the first build has read what is revoked: hold it open
+            reading.set()
+            assert proceed.wait(60)
+        return rows
+
+    monkeypatch.setattr(fleet_crl.certs_db, "revoked_certificates", held_read)
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(lambda: fleet.authority.build_crls()[0].crl)
+        assert reading.wait(60)
+
+        def revoke_then_build() -> x509.CertificateRevocationList:
+            other.revoke_certificate(serial=serial, reason="keyCompromise", actor="ops")
+            return other.build_crls()[0].crl
+
+        fast = pool.submit(revoke_then_build)
+        with contextlib.suppress(TimeoutError):
+            fast.result(timeout=2)  # it may finish now, or wait for the held build
+        proceed.set()
+        crls = sorted([slow.result(timeout=60), fast.result(timeout=60)], key=number)
+    assert number(crls[0]) < number(crls[1])
+    assert listed(crls[0]) <= listed(crls[1])
+    assert listed(crls[1]) == {serial}
