@@ -16,6 +16,7 @@ from pathlib import Path
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+READABLE_FILE = 0o644
 
 
 def private_dir(path: Path, *, tighten: bool = False) -> Path:
@@ -64,11 +65,24 @@ def write_private(path: Path, data: bytes) -> None:
     made 0700. Readers see the old content or the new, never a mix, and so does whoever
     reads it after a crash: the data is synced before the rename, the rename after it."""
     private_dir(path.parent)
+    _replace(path, data, PRIVATE_FILE)
+
+
+def write_readable(path: Path, data: bytes) -> None:
+    """Replace *path* with *data*, mode 0644 whatever the umask, as :func:`write_private`
+    does (never half written, synced), in a directory that must exist: a file another
+    service's user reads again while it runs (the CRL of ``fleet crl --watch``)."""
+    _replace(path, data, READABLE_FILE)
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
     # mkstemp creates the file 0600 whatever the umask.
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                              suffix=".tmp")
     try:
         with os.fdopen(descriptor, "wb") as handle:
+            if mode != PRIVATE_FILE:
+                os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

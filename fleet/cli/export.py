@@ -77,8 +77,8 @@ def mosquitto(
         f"{len(services)} service(s): mosquitto -c {directory}/mosquitto.conf")
     if not shared:
         note(f"make {listener.keyfile} readable by the user Mosquitto runs as")
-    note(f"after a revocation: fleet crl --force --out {listener.crlfile}, then send "
-         "Mosquitto SIGHUP to reload it")
+    note(f"keep the CRL current: fleet crl --watch --force --out {listener.crlfile} "
+         "--signal <Mosquitto's PID>")
 
 
 @app.command("emqx")

@@ -8,8 +8,9 @@ policy of ``config/acl.toml`` becomes an ACL file: a device template that names 
 each device under a ``user`` block; a service's templates go under a ``user`` block per
 service. Fleet's *publish* is Mosquitto's ``write``, *subscribe* its ``read`` (which Mosquitto
 also checks on every delivery, as Fleet does). Revocation reaches Mosquitto through its
-``crlfile``: rewrite it with ``fleet crl --force --out`` after a revocation and send
-Mosquitto SIGHUP, which makes it read the CRL again (it checks the CRL in new handshakes only).
+``crlfile``, kept current by ``fleet crl --watch --out FILE --signal PID``
+(fleet.integrations.crl_watch), which rewrites it on every revocation and sends Mosquitto
+SIGHUP, which makes it read the CRL again (it checks the CRL in new handshakes only).
 ``set_tcp_nodelay`` turns Nagle's algorithm off on client sockets, so that a small packet
 (a CONNACK, a PUBACK) is sent at once, not held back until the client ACKs earlier data.
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -123,6 +124,46 @@ def test_mosquitto_configuration_turns_nagle_off(tmp_path: Path) -> None:
                                   keyfile=tmp_path / "server.key", crlfile=tmp_path / "crl.pem",
                                   acl_file=tmp_path / "acl")
     assert "set_tcp_nodelay true" in mosquitto.configuration(listener).splitlines()
+
+
+def test_mosquitto_refuses_a_revoked_device_with_fleet_crl_watch_and_no_manual_step(
+        enroll: Enroll, sqlite_authority: Authority, data_dir: Path, tmp_path: Path,
+        started_mosquitto: Callable[[Path, int], subprocess.Popen[bytes]]) -> None:
+    """`fleet crl --watch --signal` rewrites the exported CRL on the revocation and makes
+    Mosquitto reload it: the revoked device's next CONNECT is refused, the other's is not."""
+    d1, d2 = enroll("d1"), enroll("d2")
+    port, out = free_port(), tmp_path / "mosquitto"
+    fleet(data_dir, "export", "mosquitto", "--out", str(out), "--port", str(port),
+          "--user", "root")
+    process = started_mosquitto(out / "mosquitto.conf", port)
+    watch = subprocess.Popen(
+        [str(Path(sys.executable).parent / "fleet"), "--data-dir", str(data_dir), "crl",
+         "--watch", "--force", "--out", str(out / "crl.pem"), "--signal", str(process.pid)],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert watch.stderr is not None
+        first = watch.stderr.readline()
+        assert f"sent SIGHUP to process {process.pid}" in first, first
+        assert (out / "crl.pem").stat().st_mode & 0o777 == 0o644
+        device = Client(port, on_mosquitto(d1, out))
+        assert device.connect() == 0
+        device.close()
+        sqlite_authority.revoke_device(device_id="d1", reason="keyCompromise", actor="operator")
+        assert "issuing CA 1: 1 revoked" in watch.stderr.readline()
+        deadline = time.monotonic() + 10
+        refused = False
+        while not refused and time.monotonic() < deadline:
+            again = Client(port, on_mosquitto(d1, out))
+            refused = again.connect() is None
+            again.close()
+        assert refused, "Mosquitto admitted a revoked certificate with fleet crl --watch"
+        other = Client(port, on_mosquitto(d2, out))
+        assert other.connect() == 0
+        other.close()
+        assert watch.poll() is None
+    finally:
+        watch.terminate()
+        assert watch.wait(20) == 0
 
 
 def test_mosquitto_acl_translates_the_topic_policy(settings: Settings) -> None:
