@@ -101,6 +101,7 @@ class Settings:
     handshake_timeout: timedelta
     connect_timeout: timedelta
     revocation_poll_interval: timedelta
+    revocation_push: bool
     max_connections: int
     max_pending_connections: int
     max_pending_per_source: int
@@ -188,6 +189,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, str]] = {
     ("broker", "handshake_timeout"): ("handshake_timeout", "duration"),
     ("broker", "connect_timeout"): ("connect_timeout", "duration"),
     ("broker", "revocation_poll_interval"): ("revocation_poll_interval", "duration"),
+    ("broker", "revocation_push"): ("revocation_push", "bool"),
     ("broker", "max_connections"): ("max_connections", "int"),
     ("broker", "max_pending_connections"): ("max_pending_connections", "int"),
     ("broker", "max_pending_per_source"): ("max_pending_per_source", "int"),

@@ -94,7 +94,8 @@ class RevocationWatcher:
         self.failures = 0
         """Polls failed in a row since the last successful one."""
         self._last_error: str | None = None
-        self.wakeup = Wakeup.of(self._authority.engine, name="broker revocation watcher")
+        self.wakeup = Wakeup.of(self._authority.engine, name="broker revocation watcher",
+                                listen=self._authority.settings.revocation_push)
 
     async def start(self) -> None:
         """Start after the newest event: earlier ones are checked at CONNECT anyway."""

@@ -37,7 +37,8 @@ class RevocationFollower:
         self._name = name
         self._interval = (interval if interval is not None else
                           authority.settings.revocation_poll_interval.total_seconds())
-        self.wakeup = Wakeup.of(authority.engine, name=name)
+        self.wakeup = Wakeup.of(authority.engine, name=name,
+                                listen=authority.settings.revocation_push)
         self.last = 0
         """The id of the last event handled."""
         self._task: asyncio.Task[None] | None = None

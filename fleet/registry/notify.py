@@ -69,10 +69,10 @@ class Wakeup:
         """The PostgreSQL backend of the listening connection (``pg_stat_activity.pid``)."""
 
     @classmethod
-    def of(cls, engine: Engine, *, name: str) -> Wakeup:
-        """Listening on *engine*'s database if it is PostgreSQL; *name* is the follower's,
-        for the logs."""
-        if engine.dialect.name != "postgresql":
+    def of(cls, engine: Engine, *, name: str, listen: bool = True) -> Wakeup:
+        """Listening on *engine*'s database if it is PostgreSQL and *listen*
+        (``broker.revocation_push``); *name* is the follower's, for the logs."""
+        if engine.dialect.name != "postgresql" or not listen:
             return cls(None, name=name)
         url = engine.url.set(drivername="postgresql")
         return cls(url.render_as_string(hide_password=False), name=name)

@@ -70,3 +70,22 @@ def test_revocation_on_sqlite_is_polled(broker: BrokerThread, enroll: Enroll,
     device = connect(enroll("d1"))
     sqlite_authority.revoke_device(device_id="d1", reason="keyCompromise", actor="operator")
     assert dropped_within(device, 1.0) is not None
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_revocation_push_off_polls_only(authority: Authority, start_broker: StartBroker,
+                                        enroll: Enroll) -> None:
+    """broker.revocation_push = false (a pooler that cannot LISTEN): no listening
+    connection, the poll alone drops the session."""
+    broker = start_broker(database_url=authority.engine.url.render_as_string(
+        hide_password=False), revocation_push="false")
+    assert broker.server is not None
+    assert not broker.server.watcher.wakeup.pushed
+    device = Client(broker.port, enroll("d1", authority=authority))
+    try:
+        assert device.connect() == 0
+        authority.revoke_device(device_id="d1", reason="keyCompromise", actor="operator")
+        assert dropped_within(device, 1.0) is not None
+    finally:
+        device.close()
