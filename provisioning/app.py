@@ -57,6 +57,7 @@ from provisioning.limits import (
 )
 from provisioning.metrics import Metrics
 from provisioning.ocsp import OCSP_PATH, OcspResponder
+from provisioning.rabbitmq import RabbitmqHooks
 from provisioning.refusals import refusal, status_of
 
 EST_ROOT = "/.well-known/est"
@@ -341,6 +342,7 @@ def build_app(service: EstService) -> web.Application:
     app = web.Application(middlewares=[service.observe], client_max_size=service.body.max_bytes)
     app.add_routes(service.routes())
     app.add_routes(EmqxHooks(service).routes())
+    app.add_routes(RabbitmqHooks(service).routes())
     app.add_routes(OcspResponder(service).routes())
     return app
 

@@ -24,60 +24,33 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import hdrs, web
 
-from fleet import pki
-from fleet.acl import PolicyError, load_policy
-from fleet.audit import actor_of
-from fleet.authority.core import valid_id_or_none
 from fleet.authority.named import NamedAdmission, admit_named
-from fleet.errors import (
-    AuthenticationError,
-    FleetError,
-    ForbiddenError,
-    RegistryUnavailableError,
-)
+from fleet.errors import FleetError, ForbiddenError, RegistryUnavailableError
 from fleet.integrations.emqx import AUTHN_PATH, AUTHZ_PATH, acl_rules
-from provisioning import auth
 from provisioning.limits import read_body
-from provisioning.refusals import REGISTRY_RETRY_AFTER, refusal
-from provisioning.wire import TEXT
-
-if TYPE_CHECKING:
-    from provisioning.app import EstService
+from provisioning.service_hooks import MalformedRequestError, ServiceHooks
 
 log = logging.getLogger("provisioning.emqx")
 
-EDGE = "emqx"
 JSON = "application/json"
 ACTIONS = ("publish", "subscribe")
 OPTIONAL = ("username", "cert_subject", "peerhost", "qos", "retain")
 
 
-class MalformedRequestError(FleetError):
-    """A request EMQX's templates could not have produced (400)."""
-
-
-class EmqxHooks:
+class EmqxHooks(ServiceHooks):
     """The two endpoints, on the EST service's authority, thread pool and body limits."""
 
-    def __init__(self, service: EstService) -> None:
-        self.service = service
-        self.authority = service.authority
-        self._policy_error: str | None = None
-        try:
-            self.policy = load_policy(self.authority.settings.acl_file)
-        except PolicyError as exc:  # EST works without it; these endpoints refuse
-            self._policy_error = str(exc)
-            log.warning("EMQX endpoints disabled: %s", exc)
+    edge = "emqx"
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(AUTHN_PATH, self.authn), web.post(AUTHZ_PATH, self.authz)]
 
     async def authn(self, request: web.Request) -> web.Response:
-        refused = await self._refuse_caller(request, "emqx.authn")
+        refused = await self.refuse_caller(request, "emqx.authn")
         if refused is not None:
             return refused
         try:
@@ -89,7 +62,7 @@ class EmqxHooks:
                     f"username {username[:80]!r} is not the certificate CN {common_name[:80]!r}: "
                     "set mqtt.peer_cert_as_username = cn in EMQX")
         except FleetError as error:
-            return self._malformed(request, "emqx.authn", error)
+            return self.malformed(request, "emqx.authn", error)
         subject = body.get("cert_subject") or None
         try:
             admitted = await self.service.call(
@@ -103,7 +76,7 @@ class EmqxHooks:
                         "acl": acl_rules(admitted.grants)})
 
     async def authz(self, request: web.Request) -> web.Response:
-        refused = await self._refuse_caller(request, "emqx.authz")
+        refused = await self.refuse_caller(request, "emqx.authz")
         if refused is not None:
             return refused
         try:
@@ -115,7 +88,7 @@ class EmqxHooks:
             _check_qos(body.get("qos"))
             _check_retain(body.get("retain"))
         except FleetError as error:
-            return self._malformed(request, "emqx.authz", error)
+            return self.malformed(request, "emqx.authz", error)
         name = body["username"]
         try:
             admitted: NamedAdmission = await self.service.call(
@@ -128,38 +101,6 @@ class EmqxHooks:
         except FleetError as error:
             return self._denied(f"emqx.{action}", error, name, topic=topic)
         return _answer({"result": "allow"})
-
-    # -- the caller -------------------------------------------------------------------------
-
-    async def _refuse_caller(self, request: web.Request, action: str) -> web.Response | None:
-        """None when the request comes with an admitted service certificate; else the
-        refusal (401 without a certificate, 403 for any other, 503 without the registry)."""
-        if self._policy_error is not None:
-            return _text(503, f"the topic policy cannot be used: {self._policy_error}")
-        certificate = auth.peer_certificate(request.transport)
-        error: FleetError
-        if certificate is None:
-            error = AuthenticationError("a Fleet service certificate is required (mutual TLS)")
-            return self._refused_caller(request, action, error, 401)
-        try:
-            identity = pki.identity_from_certificate(certificate,
-                                                     self.authority.settings.trust_domain)
-            if identity.kind != "service":
-                raise ForbiddenError(f"{identity} is not a service: only a Fleet service "
-                                     "certificate may ask")
-            await self.service.call(self.authority.admit, certificate=certificate,
-                                    chain_verified=True)
-        except RegistryUnavailableError as exc:
-            return self._unavailable(exc)
-        except FleetError as exc:
-            return self._refused_caller(request, action, exc, 403)
-        return None
-
-    def _refused_caller(self, request: web.Request, action: str, error: FleetError,
-                        status: int) -> web.Response:
-        self.authority.refused_unverified(action, error, actor=_actor(request))
-        log.debug("%s refused with %d for %s: %s", action, status, request.remote, error)
-        return _text(status, error.message)
 
     # -- the request ------------------------------------------------------------------------
 
@@ -185,35 +126,14 @@ class EmqxHooks:
             raise MalformedRequestError(f"field(s) {', '.join(wrong)} must be strings")
         return fields
 
-    def _malformed(self, request: web.Request, action: str, error: FleetError) -> web.Response:
-        """400 for a body the contract does not allow; a body too large or too slow keeps
-        the status the EST endpoints give it."""
-        self.authority.refused_unverified(action, error, actor=_actor(request))
-        log.debug("%s refused for %s: %s", action, request.remote, error.message)
-        if isinstance(error, MalformedRequestError):
-            return _text(400, error.message)
-        return refusal(error)
-
     # -- the answers ------------------------------------------------------------------------
 
     def _denied(self, action: str, error: FleetError, name: str, *,
                 topic: str | None = None) -> web.Response:
         if isinstance(error, RegistryUnavailableError):
-            return self._unavailable(error)
-        refusals = self.authority.refusals
-        assert refusals is not None
-        who = valid_id_or_none(name) or "unknown"
-        refusals.add(action, actor=actor_of(EDGE, who),
-                     reason=f"{type(error).__name__}: {error.message}", subject=topic,
-                     **({"topic": topic} if topic is not None else {}))
-        log.debug("%s denied for %s: %s", action, who, error.message)
+            return self.unavailable(error)
+        self.record_denial(action, error, name, topic=topic)
         return _answer({"result": "deny"})
-
-    def _unavailable(self, error: FleetError) -> web.Response:
-        log.warning("EMQX request not decided: %s", error.message)
-        response = _text(503, "registry database unavailable; retry later")
-        response.headers["Retry-After"] = str(REGISTRY_RETRY_AFTER)
-        return response
 
 
 def _check_qos(value: object) -> None:
@@ -229,15 +149,6 @@ def _check_retain(value: object) -> None:
     raise MalformedRequestError(f"retain {str(value)[:20]!r} is neither true nor false")
 
 
-def _actor(request: web.Request) -> str:
-    return actor_of(EDGE, request.remote or "unknown")
-
-
 def _answer(body: Mapping[str, object]) -> web.Response:
     return web.Response(text=json.dumps(body), content_type=JSON)
-
-
-def _text(status: int, message: str) -> web.Response:
-    return web.Response(status=status, body=f"{message}\n".encode(),
-                        headers={"Content-Type": TEXT})
 
