@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
 import sqlite3
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner, Result
 
@@ -163,6 +164,25 @@ def database_url(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[str
         connection.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     yield url
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """The URL of a PostgreSQL database of the test's own on the test server, without the
+    schema (processes it starts leave the shared one alone); dropped after the test."""
+    url = postgres_url()
+    assert url is not None
+    server = make_url(url)
+    name = f"fleet_{secrets.token_hex(6)}"
+    admin = make_engine(url, pool_size=1)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 @pytest.fixture

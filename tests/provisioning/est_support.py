@@ -10,6 +10,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -183,6 +184,41 @@ class Est:
                 sorted((t.id, t.uses_left, t.revoked_at)
                        for t in session.exec(select(BootstrapToken))),
             )
+
+
+Request = tuple[int, str, bytes, dict[str, str], ssl.SSLContext]
+"""A POST to send: (port, path, body, headers, TLS context)."""
+
+
+def simultaneously(requests: Sequence[Request]) -> Counter[int]:
+    """Open every TLS connection first, then send all requests at once: their statuses."""
+    barrier = threading.Barrier(len(requests))
+    statuses: list[int] = []
+    errors: list[BaseException] = []
+
+    def client(port: int, path: str, body: bytes, headers: dict[str, str],
+               context: ssl.SSLContext) -> None:
+        connection = http.client.HTTPSConnection("localhost", port, context=context,
+                                                 timeout=60)
+        try:
+            connection.connect()  # the TLS handshake happens before the barrier
+            barrier.wait(timeout=60)
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+        except BaseException as exc:  # reported below, with the statuses
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=request) for request in requests]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    return Counter(statuses)
 
 
 def closed_after(sock: socket.socket, *, limit: float) -> float | None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import ssl
-import threading
 from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from est_support import EST, Enrolled, Est, b64, make_csr
+from est_support import EST, Enrolled, Est, b64, make_csr, simultaneously
 from sqlmodel import select
 
 from fleet.registry.engine import session as new_session
@@ -21,41 +19,9 @@ ONE_SOURCE = {"FLEET_EST_MAX_REQUESTS_PER_SOURCE": str(CLIENTS)}
 """Every client here is 127.0.0.1: let them all be in progress at once."""
 
 
-def _simultaneously(est: Est, requests: list[tuple[str, bytes, dict[str, str],
-                                                   ssl.SSLContext]]) -> Counter[int]:
-    """Open every TLS connection first, then send all requests at once."""
-    barrier = threading.Barrier(len(requests))
-    statuses: list[int] = []
-    errors: list[BaseException] = []
-
-    def client(path: str, body: bytes, headers: dict[str, str],
-               context: ssl.SSLContext) -> None:
-        connection = http.client.HTTPSConnection("localhost", est.port, context=context,
-                                                 timeout=60)
-        try:
-            connection.connect()  # the TLS handshake happens before the barrier
-            barrier.wait(timeout=60)
-            connection.request("POST", path, body=body, headers=headers)
-            response = connection.getresponse()
-            response.read()
-            statuses.append(response.status)
-        except BaseException as exc:  # reported below, with the statuses
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=client, args=request) for request in requests]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
-    return Counter(statuses)
-
-
 def _same_request(est: Est, make: Callable[[int], tuple[str, bytes, dict[str, str],
                                                          ssl.SSLContext]]) -> Counter[int]:
-    return _simultaneously(est, [make(i) for i in range(CLIENTS)])
+    return simultaneously([(est.port, *make(i)) for i in range(CLIENTS)])
 
 
 @pytest.mark.slow
@@ -109,7 +75,7 @@ def test_first_enrollments_of_one_device_with_many_tokens_issue_once(
         return (f"{EST}/simpleenroll", b64(make_csr("dev-twin")),
                 {"Content-Type": "application/pkcs10", "Authorization": auth}, context)
 
-    statuses = _simultaneously(est, [request(i) for i in range(clients)])
+    statuses = simultaneously([(est.port, *request(i)) for i in range(clients)])
     assert statuses[200] == 1
     assert set(statuses) <= {200, 403, 409}  # already registered, or lost the race: no 500
     with new_session(est.engine) as session:
