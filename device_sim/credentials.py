@@ -1,7 +1,12 @@
-"""A device's key and certificate: CSR, lifetime as the device sees it, optional storage."""
+"""A device's key and certificate: lifetime as the device sees it, optional storage (device
+side: nothing from Fleet).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,25 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 
+from device_sim.crypto import PrivateKey, certificate_pem, private_key_pem
 from device_sim.tls import client_context
-from fleet.files import write_private, write_public
-from fleet.pki import KeyType, PrivateKey, certificate_pem, generate_private_key, private_key_pem
-from fleet.pki.issue import signature_hash
 
-
-def build_csr(common_name: str, key: PrivateKey) -> bytes:
-    """DER PKCS#10 naming only ``CN=<common_name>``: the server decides everything else."""
-    request = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-    return request.sign(key, signature_hash(key)).public_bytes(serialization.Encoding.DER)
-
-
-def new_key(key_type: str) -> PrivateKey:
-    kind: KeyType = key_type  # type: ignore[assignment]
-    return generate_private_key(kind)
+KEY_MODE = 0o600
+CERTIFICATE_MODE = 0o644
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +58,24 @@ class Credentials:
         return format(self.certificate.serial_number, "x")
 
     def save(self, directory: Path, name: str) -> None:
-        """Write ``<name>.key`` (0600) and ``<name>.pem`` in *directory*, as firmware would."""
-        write_private(directory / f"{name}.key", private_key_pem(self.key))
-        write_public(directory / f"{name}.pem", certificate_pem(self.certificate).encode())
+        """Write ``<name>.key`` (0600) and ``<name>.pem`` in *directory*, as firmware would;
+        a renewal replaces both."""
+        write_file(directory / f"{name}.key", private_key_pem(self.key), mode=KEY_MODE)
+        write_file(directory / f"{name}.pem", certificate_pem(self.certificate).encode(),
+                   mode=CERTIFICATE_MODE)
+
+
+def write_file(path: Path, data: bytes, *, mode: int) -> None:
+    """Replace *path* with *data*. The new file is created with *mode* (which the umask can
+    only narrow) before the first byte is written, then renamed over the old one, so a
+    reader sees the old file or the new and the key is never readable by others."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

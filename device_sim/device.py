@@ -9,7 +9,8 @@ Life of a well-behaved device::
 
 It records what it observes. When the operator revokes it, the simulation notes the time
 (:meth:`Device.mark_revoked`); the device does not know, and simply experiences the drop, the
-refused reconnect and the refused re-enrollment, which it records.
+refused reconnect and the refused re-enrollment, which it records. Device side: it knows Fleet
+only over the wire.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from cryptography import x509
 from paho.mqtt.enums import MQTTErrorCode
 
 from device_sim.backoff import Backoff, jittered
-from device_sim.credentials import Credentials, build_csr, new_key
+from device_sim.credentials import Credentials
+from device_sim.crypto import PrivateKey, build_csr, generate_key
 from device_sim.environment import Environment
 from device_sim.est_client import ESTError, ESTHandshakeRefused, ESTRefused, ESTUnavailable
 from device_sim.mqtt_loop import Closed, ClosedBeforeConnack, ConnectRefused, LoopClient
 from device_sim.tls import TrustError
-from fleet.pki import PrivateKey
 
 MAX_QUEUED_MESSAGES = 200
 REFUSALS_BEFORE_GIVING_UP = 3
@@ -134,7 +135,7 @@ class Device:
         """Trust the pinned CA, generate a key and enroll with the bootstrap token."""
         env = self.env
         self.phase = Phase.ENROLLING
-        key = new_key(env.scenario.key_type)
+        key = generate_key(env.scenario.key_type)
         csr = build_csr(self.id, key)
         while not env.stopping:
             try:
@@ -178,7 +179,7 @@ class Device:
         Returns the key, the certificate and the request's round trip in seconds.
         """
         env = self.env
-        key = new_key(env.scenario.key_type) if rekey else credentials.key
+        key = generate_key(env.scenario.key_type) if rekey else credentials.key
         csr = build_csr(self.id, key)
         async with env.renew_slots:
             started = env.now()

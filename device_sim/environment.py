@@ -1,4 +1,6 @@
-"""What the devices of one process share: endpoints, clients, limits, the clock and the metrics."""
+"""What the devices of one process share: endpoints, clients, limits, the clock and the metrics
+(device side: nothing from Fleet).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +12,12 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from device_sim.crypto import fingerprint_sha256
 from device_sim.est_client import ESTClient
 from device_sim.metrics import Metrics
 from device_sim.mqtt_loop import MqttLoop
 from device_sim.scenario import Scenario
 from device_sim.tls import pinned_trust_anchors, provisional_context, trust_context
-from fleet.pki import fingerprint_sha256
 
 RESTART_SLACK = 3.0
 """Seconds after a broker restart during which drops and refused connections are expected."""

@@ -1,7 +1,8 @@
 """An EST client (RFC 7030, wire details per RFC 8951) for simulated devices, on aiohttp.
 
 Bodies are base64 of DER both ways. Every request opens its own TLS connection, the way a
-device that enrolls once and renews weeks later does; callers bound the concurrency.
+device that enrolls once and renews weeks later does; callers bound the concurrency. Device
+side: nothing from Fleet.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from collections.abc import Sequence
 import aiohttp
 from cryptography import x509
 
-from fleet.errors import PKIError
-from fleet.pki import decode_base64, load_certs_only
+from device_sim.crypto import certs_only
 
 WELL_KNOWN = "/.well-known/est"
 PKCS7_MIME = "application/pkcs7-mime"
@@ -160,8 +160,8 @@ def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
 
 def _certificates(body: bytes) -> list[x509.Certificate]:
     try:
-        return load_certs_only(decode_base64(body))
-    except PKIError as exc:
+        return certs_only(body)
+    except ValueError as exc:
         raise ESTError(f"unreadable PKCS#7 response: {exc}") from exc
 
 

@@ -2,32 +2,34 @@
 
 Each misbehaving device makes one or more *probes*. A probe is refused when the handshake
 fails, the CONNACK refuses, the SUBACK refuses, or (for a publication, which MQTT 3.1.1 cannot
-refuse explicitly) when the message never reaches anyone by the end of the run.
+refuse explicitly) when the message never reaches anyone by the end of the run. Device side:
+what they forge, they forge with ``cryptography`` (:mod:`device_sim.crypto`), not with Fleet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography import x509
 from paho.mqtt.enums import MQTTErrorCode
 
 from device_sim.credentials import Credentials
+from device_sim.crypto import client_certificate, device_uri, self_signed_ca
 from device_sim.device import Attempt, Device, Phase
 from device_sim.environment import Environment
 from device_sim.est_client import ESTError, ESTHandshakeRefused, ESTRefused
 from device_sim.mqtt_loop import LoopClient
 from device_sim.scenario import Misbehavior
-from device_sim.tls import client_context
-from fleet import pki
-from fleet.pki import Identity
 
 SUBACK_TIMEOUT = 5.0
 VICTIM_WAIT = 30.0
+FOREIGN_LIFETIME = timedelta(days=1)
 
 
 @dataclass(slots=True)
@@ -37,6 +39,16 @@ class Probe:
     action: str
     refused: bool | None
     detail: str = ""
+
+
+def foreign_credentials(device_id: str, *, trust_domain: str,
+                        anchors: Sequence[x509.Certificate], received_at: float) -> Credentials:
+    """A certificate shaped like *device_id*'s own, from a root CA Fleet never trusted, in a
+    context that verifies servers against *anchors*."""
+    root_key, root = self_signed_ca("Foreign Root CA", lifetime=FOREIGN_LIFETIME)
+    key, leaf = client_certificate(device_id, uri=device_uri(trust_domain, device_id),
+                                   issuer_key=root_key, issuer=root, lifetime=FOREIGN_LIFETIME)
+    return Credentials.issued(key, leaf, anchors=anchors, received_at=received_at)
 
 
 class MisbehavingDevice(Device):
@@ -187,29 +199,17 @@ class MisbehavingDevice(Device):
         victim = await self.victim()
         if victim is None:
             return
-        identity = Identity("device", victim)
-        now = datetime.now(UTC)
-        root_key = pki.generate_private_key("p256")
-        root = pki.issue_certificate(
-            profile=pki.ca_profile("Foreign Root CA", lifetime=timedelta(days=1), path_length=0),
-            public_key=root_key.public_key(), issuer_key=root_key, issuer=None, now=now)
-        key = pki.generate_private_key("p256")
-        leaf = pki.issue_certificate(
-            profile=pki.identity_profile(identity, trust_domain=env.endpoints.trust_domain,
-                                         lifetime=timedelta(days=1)),
-            public_key=key.public_key(), issuer_key=root_key, issuer=root, now=now)
-        context = client_context(self.anchors, leaf, pki.private_key_pem(key))
+        foreign = foreign_credentials(victim, trust_domain=env.endpoints.trust_domain,
+                                      anchors=self.anchors, received_at=env.now())
         forged = LoopClient(victim)
         env.mqtt.attach(forged)
         try:
-            attempt = await self.attempt(context, client=forged)
+            attempt = await self.attempt(foreign.context, client=forged)
             self.probe_connect(f"connect as {victim} with a foreign CA's certificate", attempt)
             if attempt.admitted:
                 forged.abort()
         finally:
             env.mqtt.detach(forged)
-        foreign = Credentials(key=key, certificate=leaf, received_at=env.now(),
-                              lifetime=86400.0, context=context)
         await self._reenroll_probe(f"re-enroll as {victim} with a foreign CA's certificate",
                                    foreign)
 

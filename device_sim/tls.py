@@ -2,7 +2,7 @@
 
 ``ssl.SSLContext.load_cert_chain`` reads files only; a simulated device that keeps its key in
 memory hands it over through an anonymous memory file (Linux ``memfd``), falling back to a
-private temporary file elsewhere.
+private temporary file elsewhere. Device side: nothing from Fleet.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 
-from fleet.pki import certificate_pem, fingerprint_sha256
+from device_sim.crypto import certificate_pem, fingerprint_sha256
 
 
 class TrustError(Exception):
@@ -79,8 +78,7 @@ def client_context(
 ) -> ssl.SSLContext:
     """A trust context that also presents *certificate* (mutual TLS)."""
     context = trust_context(anchors)
-    load_client_certificate(context, certificate.public_bytes(serialization.Encoding.PEM),
-                            key_pem)
+    load_client_certificate(context, certificate_pem(certificate).encode(), key_pem)
     return context
 
 

@@ -10,12 +10,11 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from device_sim.credentials import Credentials, build_csr, new_key
+from device_sim.credentials import Credentials
+from device_sim.crypto import build_csr, generate_key, self_signed_ca
 from device_sim.est_client import ESTHandshakeRefused, ESTRefused
+from device_sim.misbehave import foreign_credentials
 from device_sim.tls import TrustError, pinned_trust_anchors, provisional_context
-from fleet import pki
-from fleet.pki import Identity
-from fleet.registry import utcnow
 
 from .conftest import Fleet, environment
 
@@ -32,7 +31,7 @@ async def enroll(fleet: Fleet, device_id: str) -> Credentials:
     token = fleet.authority.create_tokens(group="sim", actor="factory:test")[0].token
     async with environment(fleet.endpoints) as env:
         anchors, trust = await env.trust()
-        key = new_key("p256")
+        key = generate_key("p256")
         cert = await env.est.simpleenroll(build_csr(device_id, key), context=trust,
                                           username=device_id, password=str(token))
         return Credentials.issued(key, cert, anchors=anchors, received_at=env.now())
@@ -64,12 +63,7 @@ def test_trust_refused_intermediate_not_issued_by_the_root(run_fleet: RunFleet) 
     async def scenario() -> None:
         async with run_fleet() as fleet, environment(fleet.endpoints) as env:
             offered = await env.est.cacerts(context=provisional_context())
-            stranger_key = pki.generate_private_key("p256")
-            stranger = pki.issue_certificate(
-                profile=pki.ca_profile("Stranger CA", lifetime=timedelta(days=1),
-                                       path_length=0),
-                public_key=stranger_key.public_key(), issuer_key=stranger_key, issuer=None,
-                now=utcnow())
+            _, stranger = self_signed_ca("Stranger CA", lifetime=timedelta(days=1))
             with pytest.raises(TrustError, match="not issued by the pinned root"):
                 pinned_trust_anchors([*offered, stranger],
                                      pinned_root_sha256=fleet.endpoints.pinned_root_sha256)
@@ -84,7 +78,7 @@ def test_simpleenroll_then_simplereenroll_with_a_new_key(run_fleet: RunFleet) ->
             assert cn(first.certificate) == "dev-renew"
             assert 3500 < first.lifetime <= 3600
             async with environment(fleet.endpoints) as env:
-                key = new_key("p256")
+                key = generate_key("p256")
                 renewed = await env.est.simplereenroll(build_csr("dev-renew", key),
                                                        context=first.context)
             assert cn(renewed) == "dev-renew"
@@ -99,7 +93,7 @@ def test_simpleenroll_refused_bad_token(run_fleet: RunFleet) -> None:
         async with run_fleet() as fleet, environment(fleet.endpoints) as env:
             _, trust = await env.trust()
             with pytest.raises(ESTRefused) as refused:
-                await env.est.simpleenroll(build_csr("dev-x", new_key("p256")), context=trust,
+                await env.est.simpleenroll(build_csr("dev-x", generate_key("p256")), context=trust,
                                            username="dev-x",
                                            password="0123456789abcdef." + "A" * 32)
             assert refused.value.status == 401
@@ -115,7 +109,7 @@ def test_simplereenroll_refused_revoked_device(run_fleet: RunFleet) -> None:
                                           actor="operator:test")
             async with environment(fleet.endpoints) as env:
                 with pytest.raises(ESTRefused) as refused:
-                    await env.est.simplereenroll(build_csr("dev-revoked", new_key("p256")),
+                    await env.est.simplereenroll(build_csr("dev-revoked", generate_key("p256")),
                                                  context=credentials.context)
             assert refused.value.status == 403
 
@@ -126,21 +120,10 @@ def test_simplereenroll_refused_foreign_ca(run_fleet: RunFleet) -> None:
     async def scenario() -> None:
         async with run_fleet() as fleet, environment(fleet.endpoints) as env:
             anchors, _ = await env.trust()
-            root_key = pki.generate_private_key("p256")
-            now = utcnow()
-            root = pki.issue_certificate(
-                profile=pki.ca_profile("Foreign", lifetime=timedelta(days=1), path_length=0),
-                public_key=root_key.public_key(), issuer_key=root_key, issuer=None, now=now)
-            key = pki.generate_private_key("p256")
-            leaf = pki.issue_certificate(
-                profile=pki.identity_profile(Identity("device", "dev-f"),
-                                             trust_domain=fleet.settings.trust_domain,
-                                             lifetime=timedelta(days=1)),
-                public_key=key.public_key(), issuer_key=root_key, issuer=root, now=now)
-            forged = Credentials(key=key, certificate=leaf, received_at=0.0, lifetime=86400.0,
-                                 context=Credentials.issued(key, leaf, anchors=anchors,
-                                                            received_at=0.0).context)
+            forged = foreign_credentials("dev-f", trust_domain=fleet.settings.trust_domain,
+                                         anchors=anchors, received_at=0.0)
             with pytest.raises(ESTHandshakeRefused):
-                await env.est.simplereenroll(build_csr("dev-f", key), context=forged.context)
+                await env.est.simplereenroll(build_csr("dev-f", forged.key),
+                                             context=forged.context)
 
     asyncio.run(scenario())

@@ -9,22 +9,19 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from device_sim.credentials import build_csr, new_key
+from device_sim.crypto import build_csr, generate_key, private_key_pem
 from device_sim.device import Outcome, classify
+from device_sim.misbehave import foreign_credentials
 from device_sim.mqtt_loop import ConnectRefused, LoopClient, MqttLoop
 from device_sim.tls import client_context
-from fleet import pki
 from fleet.authority import Authority, TokenCredential
 from fleet.ca import CA, Paths
-from fleet.pki import Identity
-from fleet.registry import utcnow
 from fleet.settings import Settings
 
 from .conftest import Fleet
@@ -37,34 +34,25 @@ def device_context(authority: Authority, device_id: str) -> Any:
     """Enroll *device_id* through the authority; a TLS context presenting its certificate."""
     authority.ensure_group(name="sim", actor="operator:test")
     token = authority.create_tokens(group="sim", actor="factory:test")[0].token
-    key = new_key("p256")
+    key = generate_key("p256")
     issued = authority.enroll(credential=TokenCredential(str(token)),
                               csr=build_csr(device_id, key), actor="factory:test")
     ca = authority.ca
-    return client_context([ca.root, ca.issuing], issued.certificate, pki.private_key_pem(key))
+    return client_context([ca.root, ca.issuing], issued.certificate, private_key_pem(key))
 
 
 def service_context(authority: Authority, name: str) -> Any:
-    key = new_key("p256")
+    key = generate_key("p256")
     issued = authority.issue_service_certificate(name=name, public_key=key.public_key(),
                                                  actor="operator:test")
     ca = authority.ca
-    return client_context([ca.root, ca.issuing], issued.certificate, pki.private_key_pem(key))
+    return client_context([ca.root, ca.issuing], issued.certificate, private_key_pem(key))
 
 
 def foreign_context(ca: CA, device_id: str, trust_domain: str) -> Any:
     """A certificate naming *device_id*, issued by a CA nobody trusts."""
-    now = utcnow()
-    root_key = pki.generate_private_key("p256")
-    root = pki.issue_certificate(
-        profile=pki.ca_profile("Foreign Root", lifetime=timedelta(days=1), path_length=0),
-        public_key=root_key.public_key(), issuer_key=root_key, issuer=None, now=now)
-    key = pki.generate_private_key("p256")
-    leaf = pki.issue_certificate(
-        profile=pki.identity_profile(Identity("device", device_id), trust_domain=trust_domain,
-                                     lifetime=timedelta(days=1)),
-        public_key=key.public_key(), issuer_key=root_key, issuer=root, now=now)
-    return client_context([ca.root, ca.issuing], leaf, pki.private_key_pem(key))
+    return foreign_credentials(device_id, trust_domain=trust_domain,
+                               anchors=[ca.root, ca.issuing], received_at=0.0).context
 
 
 def test_many_devices_share_one_loop(run_fleet: RunFleet) -> None:
