@@ -12,6 +12,11 @@ Durations are written like Fleet's settings (``250ms``, ``30s``, ``2m``) or as s
     revoke = 2                 # devices revoked by the operator during the run
     broker_restart_at = "12s"
     misbehaving = 0.08         # share of the devices that misbehave
+
+Configuration, not the device side: it reads durations with Fleet's own parser so that a
+scenario is written like Fleet's settings. Names are checked against the device id syntax of
+the design contract (not Fleet's code), so a bad prefix is refused here, naming the key, rather
+than in every enrollment.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, cast
 
+from device_sim.crypto import KEY_TYPES
 from fleet.errors import ConfigError
-from fleet.pki import DEVICE_ID_PATTERN, KEY_TYPES
 from fleet.settings import parse_duration
 
 
@@ -44,6 +49,13 @@ class Misbehavior(enum.StrEnum):
     FOREIGN_CA = "foreign-ca"
     """Present a certificate for another device's identity issued by a foreign CA."""
 
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A device id, group or label: a letter or digit, then letters, digits, ``.``, ``_``, ``-``
+(one MQTT topic level, one URL path segment)."""
+MAX_PREFIX = 40
+"""A device id is ``<prefix>-<run id>-<index>``: the prefix leaves room for the rest."""
+MAX_NAME = 64
 
 _ZERO = re.compile(r"\s*0+(\.0*)?\s*(ms|s|m|h|d)?\s*")
 DURATION_KEYS = frozenset({
@@ -231,7 +243,9 @@ def _validate(s: Scenario) -> None:
         if number(key, integer=True) < 1:
             raise bad(key, "must be at least 1")
     for key in ("group", "device_prefix"):
-        if not DEVICE_ID_PATTERN.fullmatch(str(getattr(s, key))) or len(getattr(s, key)) > 40:
-            raise bad(key, "use up to 40 of A-Z a-z 0-9 . _ - (a valid device-id prefix)")
-    if s.est_label is not None and not DEVICE_ID_PATTERN.fullmatch(s.est_label):
+        if not NAME.fullmatch(str(getattr(s, key))) or len(getattr(s, key)) > MAX_PREFIX:
+            raise bad(key, f"use up to {MAX_PREFIX} of A-Z a-z 0-9 . _ - (a valid device-id "
+                      "prefix)")
+    if s.est_label is not None and (not NAME.fullmatch(str(s.est_label))
+                                    or len(s.est_label) > MAX_NAME):
         raise bad("est_label", "not a valid EST label")

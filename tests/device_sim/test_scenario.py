@@ -98,12 +98,22 @@ def test_scenario_refused_missing_file(tmp_path: Path) -> None:
     ({"payload_size": 4}, "payload_size"),
     ({"telemetry_qos": 2}, "telemetry_qos"),
     ({"group": "no spaces"}, "group"),
+    ({"device_prefix": "-sim"}, "device_prefix"),
+    ({"device_prefix": "s" * 41}, "device_prefix"),
+    ({"est_label": "a/b"}, "est_label"),
+    ({"est_label": "l" * 65}, "est_label"),
     ({"backoff_initial": 10.0, "backoff_max": 1.0}, "backoff_initial"),
     ({"keepalive": 0}, "keepalive"),
 ])
 def test_scenario_refused_bad_value(changes: dict[str, object], key: str) -> None:
     with pytest.raises(ScenarioError, match=key):
         Scenario(**changes)  # type: ignore[arg-type]
+
+
+def test_scenario_accepts_names_at_their_longest() -> None:
+    """The bounds are inclusive: a 40-character prefix and group, a 64-character label."""
+    scenario = Scenario(device_prefix="s" * 40, group="g" * 40, est_label="l" * 64)
+    assert (len(scenario.device_prefix), len(scenario.group)) == (40, 40)
 
 
 def test_scenario_refused_bad_duration() -> None:
