@@ -242,10 +242,13 @@ def _validate(s: Scenario) -> None:
     for key in ("enroll_concurrency", "connect_concurrency"):
         if number(key, integer=True) < 1:
             raise bad(key, "must be at least 1")
+    def name(key: str, limit: int) -> bool:
+        value: Any = getattr(s, key)
+        return isinstance(value, str) and len(value) <= limit and bool(NAME.fullmatch(value))
+
     for key in ("group", "device_prefix"):
-        if not NAME.fullmatch(str(getattr(s, key))) or len(getattr(s, key)) > MAX_PREFIX:
+        if not name(key, MAX_PREFIX):
             raise bad(key, f"use up to {MAX_PREFIX} of A-Z a-z 0-9 . _ - (a valid device-id "
                       "prefix)")
-    if s.est_label is not None and (not NAME.fullmatch(str(s.est_label))
-                                    or len(s.est_label) > MAX_NAME):
+    if s.est_label is not None and not name("est_label", MAX_NAME):
         raise bad("est_label", "not a valid EST label")

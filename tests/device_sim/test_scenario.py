@@ -102,6 +102,8 @@ def test_scenario_refused_missing_file(tmp_path: Path) -> None:
     ({"device_prefix": "s" * 41}, "device_prefix"),
     ({"est_label": "a/b"}, "est_label"),
     ({"est_label": "l" * 65}, "est_label"),
+    ({"group": 7}, "group"),
+    ({"est_label": 7}, "est_label"),
     ({"backoff_initial": 10.0, "backoff_max": 1.0}, "backoff_initial"),
     ({"keepalive": 0}, "keepalive"),
 ])
