@@ -2,7 +2,8 @@
 
 It connects like any Fleet service, with a certificate for ``spiffe://<domain>/service/<name>``
 (issued by the operator), and sends QoS 1 commands to devices that have a session at the
-broker, so the run can check that none is lost while devices renew and reconnect.
+broker, so the run can check that none is lost while devices renew and reconnect. Device side
+of the wire (a client of the broker like the devices): nothing from Fleet.
 """
 
 from __future__ import annotations

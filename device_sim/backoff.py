@@ -1,4 +1,5 @@
-"""Exponential backoff with jitter, as devices use it to reconnect after a drop."""
+"""Exponential backoff with jitter, as devices use it to reconnect after a drop (device side:
+nothing from Fleet)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The picture of a run: one self-contained HTML page with inline SVG charts (no network)."""
+"""The picture of a run: one self-contained HTML page with inline SVG charts (no network; from
+the run's own measurements, nothing from Fleet)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What a run measures: counters, latency samples, per-second series and errors.
 
-Times are seconds since the start of the run. A :class:`Metrics` can be turned into plain data
-and merged, so worker processes can send theirs to the coordinating process.
+Times are seconds since the start of the run; one process keeps one :class:`Metrics`. Device
+side: nothing from Fleet.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ loop (``add_reader``/``add_writer``) and one periodic timer runs ``loop_misc`` f
 
 paho opens its socket with a blocking ``connect`` and a blocking TLS handshake; a fleet on one
 loop cannot afford that, so :class:`LoopClient` is handed a socket whose TCP connect and TLS
-handshake already completed on the loop (:func:`device_sim.tls.open_tls`).
+handshake already completed on the loop (:func:`device_sim.tls.open_tls`). Device side:
+nothing from Fleet.
 """
 
 from __future__ import annotations

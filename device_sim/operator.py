@@ -3,7 +3,8 @@ group, revokes devices and, after the run, cleans up.
 
 They act through Fleet's public Python API (:class:`fleet.authority.Authority`) exactly as the
 ``fleet token create`` and ``fleet device revoke`` commands do; the devices themselves never
-touch it. Database calls block, so each runs in a thread off the event loop.
+touch it. This is the operator side of the wire, the one module of the simulator on Fleet's
+core. Database calls block, so each runs in a thread off the event loop.
 """
 
 from __future__ import annotations

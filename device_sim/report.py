@@ -1,4 +1,5 @@
-"""What a run tells people: a live progress bar, a summary table, a JSON report."""
+"""What a run tells people: a live progress bar, a summary table, a JSON report (from the
+run's own measurements: nothing from Fleet)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,10 @@ The timeline (``t`` is seconds since the first device started)::
     t=broker_restart_at   the broker is restarted through the hook the caller provides
     duration .. +drain    no new telemetry or commands; QoS 1 messages in flight may land
     then every device disconnects and the run is judged
+
+The run is the glue between the two sides of the wire: the devices (which know Fleet only
+over EST and MQTT) and the operator (:mod:`device_sim.operator`, on Fleet's core). Fleet's
+errors are caught here only where the operator raises them.
 """
 
 from __future__ import annotations

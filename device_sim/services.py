@@ -2,7 +2,8 @@
 
 ``fleet serve est`` and ``fleet serve broker`` run on free loopback ports over one data dir;
 the broker can be restarted on the same port, which is how a scenario's broker restart works
-when the simulator owns the services.
+when the simulator owns the services. Operator side: it runs the ``fleet`` command, as an
+operator does, and imports nothing from Fleet.
 """
 
 from __future__ import annotations
