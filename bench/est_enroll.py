@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -63,6 +63,8 @@ class Figure:
     wall_seconds: float
     server_cpu_seconds: float
     statuses: dict[str, int]
+    latencies: list[float] = field(default_factory=list, repr=False)
+    """Seconds from connect to the last byte of each answered (200) request."""
 
     @property
     def per_second(self) -> float:
@@ -182,7 +184,8 @@ def est_server(env: dict[str, str], workers: int) -> Iterator[tuple[int, list[in
 Job = tuple[str, ...]
 
 
-def run_load(name: str, workers: int, port: int, pids: list[int], ca_file: Path,
+def run_load(name: str, workers: int, port: int | tuple[int, ...], pids: list[int],
+             ca_file: Path,
              jobs: list[Job], client: Callable[..., None], *, clients: int, threads: int,
              seconds: float, on_start: Callable[[], None] | None = None) -> Figure:
     """Split *jobs* over client processes, start them together, stop at the deadline."""
@@ -205,16 +208,18 @@ def run_load(name: str, workers: int, port: int, pids: list[int], ca_file: Path,
     for pipe in pipes:
         pipe.send(seconds)
     statuses: Counter[str] = Counter()
+    latencies: list[float] = []
     finished = started
     for pipe in pipes:
-        counts, ended = pipe.recv()
+        counts, ended, answered = pipe.recv()
         statuses.update(counts)
+        latencies += answered
         finished = max(finished, ended)
     cpu = tree_cpu_seconds(pids) - before
     for process in processes:
         process.join(timeout=30)
     return Figure(name, workers, statuses.get("200", 0), finished - started, cpu,
-                  dict(statuses))
+                  dict(statuses), latencies)
 
 
 def _exchange(context: ssl.SSLContext, port: int, request: bytes) -> bytes:
@@ -233,29 +238,37 @@ def _client_loop(pipe: Connection, work: Callable[[int], str], threads: int) -> 
     seconds = pipe.recv()
     deadline = time.monotonic() + seconds
     counts: Counter[str] = Counter()
+    latencies: list[float] = []
     lock = threading.Lock()
 
     def loop(index: int) -> None:
-        while time.monotonic() < deadline:
+        while (begun := time.monotonic()) < deadline:
             try:
                 outcome = work(index)
             except StopIteration:
                 return
             except (OSError, ssl.SSLError) as exc:
                 outcome = type(exc).__name__
+            took = time.monotonic() - begun
             with lock:
                 counts[outcome] += 1
+                if outcome == "200":
+                    latencies.append(took)
 
     pool = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
-    pipe.send((dict(counts), time.monotonic()))
+    pipe.send((dict(counts), time.monotonic(), latencies))
 
 
-def token_client(pipe: Connection, port: int, ca_file: str, jobs: list[Job],
-                 threads: int) -> None:
+def token_client(pipe: Connection, port: int | tuple[int, ...], ca_file: str,
+                 jobs: list[Job], threads: int) -> None:
+    """simpleenroll, a new device (key and CSR made beforehand) per request; several ports
+    (replicas) take the requests in turn."""
+    ports = (port,) if isinstance(port, int) else port
+    turn = iter(range(len(jobs)))
     context = ssl.create_default_context(cafile=ca_file)
     requests = iter([
         http_post("/.well-known/est/simpleenroll", csr_der(device_id, pki.generate_private_key()),
@@ -265,8 +278,8 @@ def token_client(pipe: Connection, port: int, ca_file: str, jobs: list[Job],
 
     def work(_index: int) -> str:
         with lock:
-            request = next(requests)
-        reply = _exchange(context, port, request)
+            request, at = next(requests), ports[next(turn) % len(ports)]
+        reply = _exchange(context, at, request)
         return reply[9:12].decode()
 
     _client_loop(pipe, work, threads)
@@ -474,7 +487,8 @@ def report(figures: list[Figure], summary: str, elapsed: float, out: Path | None
     for figure in figures:
         peer = ceiling["mtls"] if "mTLS" in figure.name else ceiling["server-auth"]
         ratio = figure.per_cpu_second / peer if peer else 0.0
-        rows.append({**asdict(figure), "per_second": figure.per_second,
+        rows.append({**asdict(figure, dict_factory=_without_latencies),
+                     "per_second": figure.per_second,
                      "per_cpu_second": figure.per_cpu_second, "ratio_to_ceiling": ratio})
         print(f"{figure.name:40} {figure.workers:>7} {figure.done:>7} {figure.per_second:>8.1f} "
               f"{figure.server_cpu_seconds:>12.2f} {figure.per_cpu_second:>10.1f} "
@@ -490,6 +504,10 @@ def report(figures: list[Figure], summary: str, elapsed: float, out: Path | None
     print(f"\nbenchmark took {elapsed:.0f} s")
     if out:
         out.write_text(json.dumps({"figures": rows, "profile": summary}, indent=2))
+
+
+def _without_latencies(items: list[tuple[str, object]]) -> dict[str, object]:
+    return {key: value for key, value in items if key != "latencies"}
 
 
 if __name__ == "__main__":
