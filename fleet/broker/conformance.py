@@ -2,17 +2,19 @@
 
 A receiver that meets a protocol violation MUST close the Network Connection (MQTT-4.8.0-1),
 and most rules below say so themselves. ConnectionReader hands every packet here, whole,
-before anything acts on it; a :class:`Violation` closes the connection without an answer and
-is audited with the rule it names. (The CONNECT itself is parsed strictly by the gate,
-fleet.broker.packets.parse_connect.)
+before anything acts on it; a :class:`~fleet.broker.packets.Violation` closes the connection
+without an answer and is audited with the rule it names. Packet types, names and the
+remaining-length field come from the codec, fleet.broker.packets, which also parses the
+CONNECT itself strictly (``parse_connect``, for the gate).
 
 - packet type: not reserved (0, 15), not a second CONNECT (MQTT-3.1.0-2), not one that only
   a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP; table 2.1);
 - fixed header flags: 0010 for PUBREL, SUBSCRIBE and UNSUBSCRIBE, 0000 for every other type
   but PUBLISH (MQTT-2.2.2-2); a PUBLISH has no QoS 3 (MQTT-3.3.1-4) and no DUP at QoS 0
   (MQTT-3.3.1-2);
-- remaining length: at most four bytes (2.2.3, read by ConnectionReader); 2 for PUBACK,
-  PUBREC, PUBREL and PUBCOMP, 0 for PINGREQ and DISCONNECT; every field fits inside it;
+- remaining length: at most four bytes (2.2.3, ``packets.decode_length``, which
+  ConnectionReader calls for every packet); 2 for PUBACK, PUBREC, PUBREL and PUBCOMP, 0 for
+  PINGREQ and DISCONNECT; every field fits inside it;
 - PUBLISH: a topic name of well-formed UTF-8 (MQTT-1.5.3-1) without U+0000 (MQTT-1.5.3-2),
   at least one character long (MQTT-4.7.3-1) and without wildcards (MQTT-3.3.2-2); a
   non-zero packet identifier at QoS 1 and 2 (MQTT-2.3.1-1);
@@ -28,28 +30,30 @@ decoding, which the broker needs anyway.
 from __future__ import annotations
 
 from fleet.acl import is_topic_filter
-from fleet.broker.packets import ProtocolError
-
-(CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, SUBACK, UNSUBSCRIBE,
- UNSUBACK, PINGREQ, PINGRESP, DISCONNECT) = range(1, 15)
-NAMES = ("reserved packet type 0", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC",
-         "PUBREL", "PUBCOMP", "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ",
-         "PINGRESP", "DISCONNECT", "reserved packet type 15")
-MALFORMED = "MQTT-4.8.0-1"
-"""The rule a malformed packet, or one a client may not send at all, breaks."""
+from fleet.broker.packets import (
+    CONNACK,
+    CONNECT,
+    DISCONNECT,
+    MALFORMED,
+    NAMES,
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBACK,
+    SUBSCRIBE,
+    UNSUBACK,
+    UNSUBSCRIBE,
+    Violation,
+)
 
 _SERVER_ONLY = frozenset((CONNACK, SUBACK, UNSUBACK, PINGRESP))
 _FLAGS = {PUBREL: 0b0010, SUBSCRIBE: 0b0010, UNSUBSCRIBE: 0b0010}  # table 2.2; others 0
 _REMAINING = {PUBACK: 2, PUBREC: 2, PUBREL: 2, PUBCOMP: 2, PINGREQ: 0, DISCONNECT: 0}
 _NUL, _PLUS, _HASH = 0x00, 0x2B, 0x23  # looked for as ints: much cheaper than as bytes
-
-
-class Violation(ProtocolError):
-    """A packet breaks *rule* of MQTT 3.1.1: the connection is closed without an answer."""
-
-    def __init__(self, rule: str, problem: str) -> None:
-        super().__init__(f"{problem} ({rule})", rule=rule)
-        self.rule = rule
 
 
 def _first_byte(byte: int) -> tuple[str, str] | None:

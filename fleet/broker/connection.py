@@ -19,7 +19,7 @@ from cryptography import x509
 
 from fleet.acl import NOTHING, Grants
 from fleet.broker import conformance, packets
-from fleet.broker.conformance import Violation
+from fleet.broker.packets import PUBACK, PUBCOMP, PUBREC, PUBREL, Violation
 from fleet.broker.quotas import CACHED_TOPIC_LENGTH
 from fleet.broker.session import RELEASED, outgoing
 from fleet.broker.tls import peer_certificate
@@ -33,7 +33,6 @@ SESSION_KEY = "fleet.connection"
 
 _TOPIC_CACHE = 256
 READ_CHUNK = 2**14
-PUBACK, PUBREC, PUBREL, PUBCOMP = 4, 5, 6, 7
 _ACKNOWLEDGEMENTS = frozenset((PUBACK, PUBREC, PUBREL, PUBCOMP))
 _COMPLETES = {PUBACK: 1, PUBCOMP: 2}  # the acknowledgement that ends a QoS 1 / QoS 2 delivery
 
@@ -370,31 +369,21 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
         while True:
             if not await self._fill(2):
                 return False
-            data, start = self._data, self._position
-            length, header = 0, 1
-            while True:  # remaining length (2.2.3): at most four bytes
-                byte = data[start + header]
-                length |= (byte & 0x7F) << (7 * (header - 1))
-                header += 1
-                if not byte & 0x80:
-                    break
-                if header > 4:
-                    self._violated(Violation(conformance.MALFORMED,
-                                             "remaining length of more than four bytes"))
-                    return False
-                if not await self._fill(header + 1):
-                    return False
-                data, start = self._data, self._position
-            total = header + length
-            if total > self._max:
-                if self.receiver is not None:
-                    self.receiver.oversized(self._connection, total)
-                self._connection.abort(f"packet of {total} bytes, above {self._max}")
-                return False
-            if not await self._fill(total):
-                return False
-            packet = self._data[self._position:self._position + total]
             try:
+                while (decoded := packets.decode_length(self._data, self._position + 1)) is None:
+                    if not await self._fill(len(self._data) - self._position + 1):
+                        return False
+                length, end = decoded
+                header = end - self._position
+                total = header + length
+                if total > self._max:
+                    if self.receiver is not None:
+                        self.receiver.oversized(self._connection, total)
+                    self._connection.abort(f"packet of {total} bytes, above {self._max}")
+                    return False
+                if not await self._fill(total):
+                    return False
+                packet = self._data[self._position:self._position + total]
                 publish = conformance.check(packet, header)
             except Violation as violation:
                 self._violated(violation)
@@ -423,7 +412,7 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
         packet_id = int.from_bytes(identifier, "big")
         if kind == PUBREL:
             receiver.release(session, packet_id)
-            connection.write(b"\x70\x02" + identifier)  # PUBCOMP
+            connection.write(packets.acknowledgement(PUBCOMP, identifier))
             return True
         message = outgoing(session, packet_id)
         if kind == PUBREC:  # 4.3.3: PUBREL answers every PUBREC, and is resent on resume
@@ -454,7 +443,7 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
             connection.abort("internal error while routing a PUBLISH")
             return True
         if qos:  # PUBACK or PUBREC, after routing or holding
-            connection.write(bytes((0x40 if qos == 1 else 0x50, 0x02)) + identifier)
+            connection.write(packets.acknowledgement(PUBACK if qos == 1 else PUBREC, identifier))
         return True
 
     def feed_eof(self) -> None:

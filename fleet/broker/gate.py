@@ -36,7 +36,6 @@ from fleet.acl import Policy
 from fleet.authority import Admission, ConnectReturnCode, serial_hex
 from fleet.broker import packets
 from fleet.broker.backend import Audit, Backend, host_of
-from fleet.broker.conformance import Violation
 from fleet.broker.connection import (
     Connection,
     ConnectionReader,
@@ -46,7 +45,7 @@ from fleet.broker.connection import (
 )
 from fleet.broker.engine import FleetBroker
 from fleet.broker.health import BrokerMetrics
-from fleet.broker.packets import Connect, ProtocolError, UnsupportedProtocolError
+from fleet.broker.packets import Connect, ProtocolError, UnsupportedProtocolError, Violation
 from fleet.broker.tls import peer_certificate
 from fleet.errors import (
     FleetError,

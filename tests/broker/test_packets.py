@@ -91,3 +91,35 @@ def test_publish_encoding_parses_back(topic: str, payload: bytes, qos: int, reta
 def test_remaining_length_encoding(length: int, encoded: bytes) -> None:
     """MQTT 3.1.1 table 2.4."""
     assert packets.encode_length(length) == encoded
+
+
+@pytest.mark.parametrize(("length", "encoded"), [
+    (0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"), (16383, b"\xff\x7f"),
+    (16384, b"\x80\x80\x01"), (268435455, b"\xff\xff\xff\x7f"),
+])
+def test_remaining_length_decoding(length: int, encoded: bytes) -> None:
+    """MQTT 3.1.1 table 2.4, read back from inside a packet: (length, end of the field)."""
+    assert packets.decode_length(b"\x30" + encoded + b"rest", 1) == (length, 1 + len(encoded))
+
+
+@pytest.mark.parametrize("partial", [b"", b"\x80", b"\xff\xff", b"\xff\xff\xff"])
+def test_remaining_length_cut_short_asks_for_more(partial: bytes) -> None:
+    assert packets.decode_length(b"\x30" + partial, 1) is None
+
+
+def test_remaining_length_of_five_bytes_is_a_violation() -> None:
+    with pytest.raises(packets.Violation, match="more than four bytes") as raised:
+        packets.decode_length(b"\x30\xff\xff\xff\xff\x7f", 1)
+    assert raised.value.rule == packets.MALFORMED
+
+
+@pytest.mark.parametrize(("kind", "first"), [
+    (packets.PUBACK, 0x40), (packets.PUBREC, 0x50), (packets.PUBREL, 0x62),
+    (packets.PUBCOMP, 0x70),
+])
+def test_acknowledgements(kind: int, first: int) -> None:
+    """3.4-3.7: type, flags (0010 only for PUBREL, MQTT-3.6.1-1), remaining length 2, the
+    packet identifier as it came in."""
+    assert packets.acknowledgement(kind, b"\x12\x34") == bytes((first, 0x02, 0x12, 0x34))
+    if kind == packets.PUBREL:
+        assert packets.pubrel(0x1234) == bytes((first, 0x02, 0x12, 0x34))
