@@ -33,7 +33,9 @@ What changes against stock amqtt 0.12.1 (S1-S8 are listed in docs/broker-securit
   (SUBACK 0x80 beyond); a device's retained messages, wills included, are held to
   ``max_retained_messages`` / ``max_retained_bytes`` (beyond: routed, not retained); each
   refusal episode is reported once to ``on_quota``;
-- topic checks call the policy plugin directly instead of through a task per plugin;
+- every topic check is the live connection's (its grants, fleet.acl), called directly: no
+  amqtt topic plugin is loaded, and amqtt's own check (``Broker._topic_filtering``) sits only
+  on paths this class replaces (SUBSCRIBE, routing, the inbound queue that never yields);
 - subscriptions live in a table indexed by topic level (fleet.broker.subscriptions): a
   SUBSCRIBE, an UNSUBSCRIBE and the routing of a message cost the same with 10 sessions or
   10,000, and a repeated SUBSCRIBE replaces the subscription's QoS (MQTT-3.8.4-3);
@@ -55,16 +57,14 @@ from typing import Any
 from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import Action
 from amqtt.errors import BrokerError, MQTTError
-from amqtt.events import BrokerEvents
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.protocol.handler import ProtocolHandler
-from amqtt.session import ApplicationMessage, OutgoingApplicationMessage, Session
+from amqtt.session import OutgoingApplicationMessage, Session
 
 from fleet.acl import matches
 from fleet.broker import packets, session
 from fleet.broker.connection import Connection, ConnectionReader, ConnectionWriter, connection_of
 from fleet.broker.health import BrokerMetrics
-from fleet.broker.plugins import TopicPolicyPlugin
 from fleet.broker.quotas import (
     MAX_FILTER_BYTES,
     MAX_FILTER_LEVELS,
@@ -138,10 +138,6 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                  metrics: BrokerMetrics | None = None) -> None:
         session.install()
         super().__init__(config)
-        plugins = [p for p in self.plugins_manager.plugins if isinstance(p, TopicPolicyPlugin)]
-        if len(plugins) != 1 or len(self.plugins_manager._topic_plugins) != 1:
-            raise BrokerError("FleetBroker needs exactly one topic plugin: TopicPolicyPlugin")
-        self._policy = plugins[0]
         self.quotas = quotas
         self._on_denied = on_denied
         self._on_quota = on_quota
@@ -154,8 +150,6 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self.session_expiry = session_expiry
         self._away = Away(after=session_expiry, expire=self._expired)
         self._tasks: set[asyncio.Future[None]] = set()
-        self._listened = {event for event in BrokerEvents if any(
-            hasattr(plugin, f"on_{event}") for plugin in self.plugins_manager.plugins)}
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -243,9 +237,6 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                 return
             if connection is not None:
                 connection.acknowledged()
-            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED,
-                                                  client_id=client_id,
-                                                  client_session=client_session)
             await handler.start()
             # Messages queued while a persistent session was offline. Retained messages are
             # sent when a subscription is made (MQTT-3.3.1-6), not again on every reconnect.
@@ -382,7 +373,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         """Grant *subscription* (filter, QoS) or refuse it; returns the SUBACK return code."""
         topic_filter, qos = subscription
-        if not self._allowed(session, topic_filter, Action.SUBSCRIBE):
+        if not self._may_subscribe(session, topic_filter):
             return SUBACK_FAILURE
         filters = session.attributes.setdefault(FILTERS_KEY, set())
         if topic_filter not in filters:
@@ -415,19 +406,19 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         for topic_filter in list(session.attributes.get(FILTERS_KEY, ())):
             self._del_subscription(topic_filter, session)
 
-    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
-        return self._allowed(session, topic, action)
-
-    def _allowed(self, session: Session, topic: str, action: Action) -> bool:
-        allowed = self._policy.allows(session, topic, action)
-        if not allowed and action is not Action.RECEIVE:
-            self._on_denied(connection_of(session), action, topic)
+    def _may_subscribe(self, session: Session, topic_filter: str) -> bool:
+        """Does the topic policy of *session*'s live connection cover every topic
+        *topic_filter* can match? A refusal is reported to ``on_denied``."""
+        connection = connection_of(session)
+        allowed = False
+        if connection is not None:
+            try:
+                allowed = connection.grants.may_subscribe(topic_filter)
+            except Exception:  # the SUBSCRIBE is refused, the connection stays
+                log.exception("topic check failed for %s on %r", connection, topic_filter)
+        if not allowed:
+            self._on_denied(connection, Action.SUBSCRIBE, topic_filter)
         return allowed
-
-    def _notify(self, event: BrokerEvents, **details: Any) -> None:
-        """Fire an amqtt plugin event, if any plugin listens to it."""
-        if event in self._listened:
-            self._spawn(self.plugins_manager.fire_event(event, **details))
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(work)
@@ -469,10 +460,6 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         """May *session* publish to *topic*? A refused PUBLISH is dropped (and audited); one
         to an invalid topic name never gets here (fleet.broker.conformance closes it)."""
         self._received.inc()
-        if self._listened:
-            message = ApplicationMessage(None, topic, qos, data, retain)
-            self._notify(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id,
-                         message=message)
         connection = connection_of(session)
         if connection is not None and connection.may_publish(topic) and topic[0] != "$":
             return True
@@ -481,9 +468,6 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
 
     def _publish(self, session: Session, topic: str, data: bytes, qos: int,
                  retain: bool) -> None:
-        if self._listened:
-            self._notify(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id,
-                         message=ApplicationMessage(None, topic, qos, data, retain))
         self.route(topic, data, qos)
         if retain:
             self._retain(session, topic, data, qos)
@@ -498,7 +482,6 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                 qos: int | None) -> None:
         """Keep (or, for an empty payload, clear) the retained message of *topic*, within the
         retained quota of the device that set it; beyond it, it is routed but not kept."""
-        retained: RetainedApplicationMessage | None
         if data:
             connection = connection_of(session)
             device_id = connection.device_id if connection is not None else None
@@ -513,14 +496,10 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                                    f"not retained: {topic[:100]!r} ({size} bytes)")
                 return
             self._retained.set(device_id, topic, size)
-            retained = RetainedApplicationMessage(session, topic, data, qos)
-            self._retained_messages[topic] = retained
+            self._retained_messages[topic] = RetainedApplicationMessage(session, topic, data, qos)
         else:  # MQTT-3.3.1-10
             self._retained.clear(topic)
-            retained = self._retained_messages.pop(topic, None)
-        if retained is not None:
-            self._notify(BrokerEvents.RETAINED_MESSAGE, client_id=None,
-                         retained_message=retained)
+            self._retained_messages.pop(topic, None)
 
     def purge_retained(self, device_id: str) -> int:
         """Drop every retained message *device_id* set (and is still the last to have set);

@@ -38,13 +38,13 @@ log = logging.getLogger(__name__)
 
 
 def broker_config() -> dict[str, Any]:
-    """amqtt configuration: one external listener fed by the gate, only Fleet's plugins
-    (no anonymous access, no $SYS publisher)."""
+    """amqtt configuration: one external listener fed by the gate, only Fleet's auth plugin
+    (no anonymous access, no $SYS publisher, no topic plugin: fleet.broker.engine asks the
+    live connection)."""
     return {
         "listeners": {LISTENER: {"type": "external", "bind": "fleet-gate"}},
         "plugins": {
             "fleet.broker.plugins.CertificateAuthPlugin": {},
-            "fleet.broker.plugins.TopicPolicyPlugin": {},
         },
     }
 

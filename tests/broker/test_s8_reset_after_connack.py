@@ -21,11 +21,11 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from amqtt.events import BrokerEvents
+
+from fleet.broker.engine import Handler
 
 from .conftest import Enroll, StartBroker
 from .helpers import BrokerThread, Client, Clients, Credentials, wait_until
@@ -39,21 +39,19 @@ RUNS = 5
 @contextmanager
 def hold_after_connack(broker: BrokerThread, seconds: float = 0.1) -> Iterator[None]:
     """The broker's event loop goes on with other work for *seconds* after each CONNACK it
-    writes, before it starts that connection's reader (amqtt fires CLIENT_CONNECTED there)."""
+    writes, before it starts that connection's reader (``Handler.start``)."""
     assert broker.server is not None
-    plugins = broker.server.broker.plugins_manager
-    fire = plugins.fire_event
+    start = Handler.start
 
-    async def held(event: BrokerEvents, **details: Any) -> None:
-        if event is BrokerEvents.CLIENT_CONNECTED:
-            await asyncio.sleep(seconds)
-        await fire(event, **details)
+    async def held(handler: Handler) -> None:
+        await asyncio.sleep(seconds)
+        await start(handler)
 
-    plugins.fire_event = held
+    Handler.start = held  # type: ignore[method-assign]
     try:
         yield
     finally:
-        plugins.fire_event = fire
+        Handler.start = start  # type: ignore[method-assign]
 
 
 def reset_on_connack(paho: mqtt.Client, *_: object) -> None:

@@ -1,0 +1,54 @@
+"""What Fleet relies on in amqtt beyond its documented API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .conftest import Enroll
+from .helpers import BrokerThread, Clients, Credentials, connect_packet, read_connack, tls_socket
+
+REFUSED = 0x80
+
+
+def test_amqtt_topic_check_is_never_reached(enroll: Enroll,
+                                            issue_service: Callable[[str], Credentials],
+                                            broker: BrokerThread) -> None:
+    """No topic plugin is loaded, so amqtt's own topic check (``Broker._topic_filtering``)
+    would let everything through: PUBLISH, SUBSCRIBE, deliveries, retained messages and wills
+    must all be decided by Fleet's checks, on paths that never reach it."""
+    assert broker.server is not None
+    reached: list[tuple[str, Any]] = []
+
+    async def spy(session: object, topic: str, action: object) -> bool:
+        reached.append((topic, action))
+        return False
+
+    broker.server.broker._topic_filtering = spy
+    with Clients(broker) as clients:
+        monitor = clients.connect(issue_service("monitor"))
+        assert monitor.subscribe("devices/+/state", "devices/#") == [1, REFUSED]
+        control = clients.connect(issue_service("control"))
+        control.publish("devices/d1/commands/open", b"retained", qos=1, retain=True)
+        device = clients.connect(enroll("d1"))
+        assert device.subscribe("devices/d1/commands/#", "devices/+/commands/#") == [1, REFUSED]
+        message = device.receive()
+        assert message is not None
+        assert (message.payload, message.retain) == (b"retained", True)
+        control.publish("devices/d1/commands/close", b"live", qos=1)
+        message = device.receive()
+        assert message is not None
+        assert message.payload == b"live"
+        device.publish("devices/d1/state", b"up", qos=1)
+        device.publish("devices/d2/state", b"not mine", qos=1)
+        message = monitor.receive()
+        assert message is not None
+        assert (message.topic, message.payload) == ("devices/d1/state", b"up")
+        with tls_socket(broker.port, enroll("d2")) as sock:
+            sock.sendall(connect_packet("d2", will=("devices/d2/state", b"gone")))
+            assert read_connack(sock) == 0
+        message = monitor.receive()  # d2's will: its socket closed without DISCONNECT
+        assert message is not None
+        assert (message.topic, message.payload) == ("devices/d2/state", b"gone")
+        assert monitor.receive(timeout=0.3) is None  # d1's PUBLISH to d2's topic was dropped
+    assert reached == []
