@@ -1,15 +1,16 @@
 """What the revocation hooks of other brokers share (``fleet serve emqx-kick``, ``fleet serve
-rabbitmq-close``): following the revocation events, a bounded queue of identities to act on,
-a few senders working it, and HTTP calls retried with backoff.
+rabbitmq-close``, ``fleet serve mosquitto-kick``): following the revocation events, a bounded
+queue of identities to act on, a few senders working it, and HTTP calls retried with backoff.
 
 The follower (fleet.integrations.follower) turns each revoked or suspended device or
 certificate into the identity the other broker knows the client by: a device's id, or the
 name of the service a certificate belongs to. The identities wait in a bounded queue: when it
 is full the follower waits and does not move past the event, so none is lost, only delayed.
-A hook's :meth:`RevocationHook.act` ends the identity's sessions on its broker; its HTTP calls
-(:meth:`RevocationHook.request`) are retried with a doubling backoff while the broker answers
-5xx or 429 or cannot be reached, up to ``max_attempts``; any other answer is the hook's to
-read.
+A hook's :meth:`Hook.act` ends the identity's sessions on its broker, over whatever
+connection the hook opens (:meth:`Hook.open`). The HTTP hooks (:class:`RevocationHook`) call
+the broker's API (:meth:`RevocationHook.request`), retried with a doubling backoff while the
+broker answers 5xx or 429 or cannot be reached, up to ``max_attempts``; any other answer is
+the hook's to read.
 """
 
 from __future__ import annotations
@@ -84,32 +85,28 @@ class Reply:
             raise FleetError(f"the answer is not JSON: {exc}") from None
 
 
-class RevocationHook:
+class Hook:
     """Follows the revocation events and hands each identity they name to :meth:`act`."""
 
     what = "revocation hook"
     """Who acts, in the logs."""
 
-    def __init__(self, *, authority: AdmissionPolicy, credentials: Credentials,
-                 ssl_context: ssl.SSLContext | None = None, poll_interval: float | None = None,
+    def __init__(self, *, authority: AdmissionPolicy, poll_interval: float | None = None,
                  queue_size: int = 1000, senders: int = 4, retry: Retry | None = None) -> None:
         self._authority = authority
-        self._headers = {"Authorization": credentials.authorization()}
-        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self.follower = RevocationFollower(authority=authority, handle=self._queue_identities,
                                            name=self.what, interval=poll_interval)
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
         self._senders = senders
         self._retry = retry or Retry()
         self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
         self.done = 0
         """Identities the broker confirmed it holds no session of any more."""
         self.failed = 0
         """Identities given up on."""
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        await self.open()
         self._tasks = [asyncio.create_task(self._send(), name=f"{self.what}-send-{n}")
                        for n in range(self._senders)]
         await self.follower.start()
@@ -122,9 +119,13 @@ class RevocationHook:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.shut()
+
+    async def open(self) -> None:
+        """Open what :meth:`act` talks to the broker over (nothing here)."""
+
+    async def shut(self) -> None:
+        """Close what :meth:`open` opened."""
 
     async def drain(self) -> None:
         """Wait until every queued identity is done."""
@@ -170,6 +171,27 @@ class RevocationHook:
     async def act(self, identity: str) -> bool:
         """End *identity*'s sessions on the broker; True once it holds none."""
         raise NotImplementedError
+
+
+class RevocationHook(Hook):
+    """A hook that acts through the broker's HTTP API, with HTTP Basic *credentials*."""
+
+    def __init__(self, *, authority: AdmissionPolicy, credentials: Credentials,
+                 ssl_context: ssl.SSLContext | None = None, poll_interval: float | None = None,
+                 queue_size: int = 1000, senders: int = 4, retry: Retry | None = None) -> None:
+        super().__init__(authority=authority, poll_interval=poll_interval,
+                         queue_size=queue_size, senders=senders, retry=retry)
+        self._headers = {"Authorization": credentials.authorization()}
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+
+    async def shut(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def request(self, method: str, url: str, *, identity: str,
                       headers: Mapping[str, str] | None = None) -> Reply | None:
