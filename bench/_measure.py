@@ -1,9 +1,12 @@
-"""Measurement helpers shared by the benchmarks: process CPU time from /proc, free ports."""
+"""Measurement helpers shared by the benchmarks: process CPU time and RSS from /proc, free
+ports, percentiles."""
 
 from __future__ import annotations
 
 import os
 import socket
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -36,6 +39,27 @@ def tree_cpu_seconds(pids: list[int]) -> float:
         except OSError:
             continue
     return total
+
+
+def rss_kib(pids: list[int]) -> int:
+    """Resident set size of *pids* together, KiB (VmRSS from /proc/<pid>/status)."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The *fraction* quantile of *values* (statistics.quantiles, inclusive method)."""
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[round(fraction * 100) - 1]
 
 
 def free_port() -> int:

@@ -3,9 +3,9 @@
     .venv/bin/python bench/flood.py [--quick] [--duration 10] [--rate N] [--floods a,b]
                                     [--systems fleet,mosquitto] [--out FILE]
 
-Both systems get the same fleet CA, server certificate and device certificates (provisioned
-as bench/broker_compare.py does). Fleet runs as `fleet up` (EST service and broker in one
-process), Mosquitto with broker_compare.py's configuration. Every (flood, system) pair gets a
+Both systems get the same fleet CA, server certificate and device certificates (bench/fixture.py).
+Fleet runs as `fleet up` (EST service and broker in one process), Mosquitto with the
+configuration `fleet export mosquitto` writes (bench/systems.py). Every (flood, system) pair gets a
 freshly started server; the floods run one at a time, Fleet then Mosquitto:
 
 - baseline         no flood: the reference for the rows below
@@ -66,7 +66,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from _measure import descendants, free_port, tree_cpu_seconds
+from _measure import descendants, free_port, percentile, rss_kib, tree_cpu_seconds
 
 HOST = "127.0.0.1"
 FLEET = str(Path(sys.executable).parent / "fleet")
@@ -513,18 +513,6 @@ class Children:
         self.processes.clear()
 
 
-def rss_kib(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
-
-
 class RssSampler(threading.Thread):
     def __init__(self, pids: list[int]) -> None:
         super().__init__(daemon=True)
@@ -552,31 +540,23 @@ class Setup:
 
 def start_system(name: str, setup: Setup) -> tuple[Any, int | None]:
     """A fresh server process; returns it and the EST port (Fleet only)."""
-    from broker_compare import Broker, mosquitto_broker
+    from systems import Server, mosquitto
 
     log = setup.fixture.work / f"{name}.log"
     if name == "mosquitto":
-        broker = mosquitto_broker(setup.fixture)
-        _start(broker, log)
-        return broker, None
+        return _start(mosquitto(setup.fixture), log), None
     mqtt_port, est_port = free_port(), free_port()
-    env = {**setup.fixture.env, "FLEET_EST_METRICS_PORT": "0"}
-    broker = Broker("fleet", [FLEET, "up", "--est-port", str(est_port), "--mqtt-port",
-                              str(mqtt_port)], mqtt_port, env=env)
-    _start(broker, log)
-    return broker, est_port
+    server = Server("fleet", [FLEET, "up", "--est-port", str(est_port), "--mqtt-port",
+                              str(mqtt_port)], mqtt_port, env=setup.fixture.env)
+    return _start(server, log), est_port
 
 
-def _start(broker: Any, log: Path) -> None:
+def _start(server: Any, log: Path) -> Any:
     try:
-        broker.start(log)
-    except RuntimeError:
-        tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
-        print("\n".join([f"{broker.name} did not start; the end of its log:", *tail]),
-              file=sys.stderr)
-        broker.stop()
-        last = next((line.strip() for line in reversed(tail) if line.strip()), "no log")
-        raise RuntimeError(f"{broker.name} did not start: {last.replace('|', '/')}") from None
+        return server.start(log)
+    except RuntimeError as exc:
+        server.stop()
+        raise RuntimeError(str(exc).replace("|", "/")) from None
 
 
 def warm_up(port: int, setup: Setup) -> None:
@@ -686,11 +666,6 @@ def run_flood(system: str, flood: Flood, setup: Setup) -> Run:
 
 
 # -- report -----------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def _ms(values: list[float], fraction: float) -> str:
@@ -857,7 +832,7 @@ def main() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(source), os.environ.get("PYTHONPATH")) if p)
         print(f"Fleet from {args.fleet_source}", file=sys.stderr, flush=True)
-        from broker_compare import provision
+        from fixture import provision
 
         print(f"provisioning {DEVICES} devices in {work}", file=sys.stderr, flush=True)
         fixture = provision(DEVICES, work)
