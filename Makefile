@@ -21,6 +21,9 @@ test: $(STAMP)              ## the whole test suite (PostgreSQL tests skip witho
 test-fast: $(STAMP)         ## skip the slow end-to-end tests
 	$(BIN)/python -m pytest -m 'not slow'
 
+bench: $(STAMP)             ## every benchmark side by side (needs mosquitto, openssl): bench/RESULTS.md
+	bench/run
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
