@@ -110,6 +110,7 @@ class TLSListener:
             except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
                 self._on_refused(AuthenticationError(_handshake_failure(exc), peer=peer))
                 return
+            acknowledge_now(sock)
             try:
                 await self._on_connection(reader, writer,
                                           functools.partial(self._pending.settle, entry))
@@ -128,6 +129,15 @@ class TLSListener:
         transport, _ = await self._loop.connect_accepted_socket(
             lambda: protocol, sock, ssl=self._context, ssl_handshake_timeout=self._timeout)
         return reader, asyncio.StreamWriter(transport, protocol, reader, self._loop)
+
+
+def acknowledge_now(sock: socket.socket) -> None:
+    """Send the ACK of the client's last handshake flight now, not after the delayed-ACK
+    timer (Linux: up to 40 ms). Without session tickets the server has nothing to send after
+    its Finished, and a client with Nagle on (paho's default, as on most devices) holds its
+    CONNECT until that flight is acknowledged: every connect would wait out the timer."""
+    with contextlib.suppress(OSError, AttributeError):  # TCP_QUICKACK is Linux's
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
 
 def limit_tls_read_buffer() -> None:
