@@ -13,7 +13,9 @@ CONNACK return codes in ``fleet.broker``, exit codes in ``fleet.cli``.
      |    +-- ProfileError           a CSR asks for what the profile forbids
      +-- AuthenticationError         a credential is missing or wrong (HTTP 401)
      |    +-- TokenError             unknown, expired, used up, revoked, wrong group/device
-     |         +-- InvalidTokenError  malformed, unknown or wrong secret: no identity proven
+     |    |    +-- InvalidTokenError  malformed, unknown or wrong secret: no identity proven
+     |    +-- ManufacturerCertificateError  no registered vendor vouches for it (chain,
+     |                                      validity, the vendor's CRL)
      +-- ForbiddenError              authenticated, but not allowed (HTTP 403)
      |    +-- DeviceNotActiveError   device is revoked or suspended
      |    +-- CertificateNotActiveError   certificate is superseded, revoked or expired
@@ -84,6 +86,11 @@ class TokenError(AuthenticationError):
 class InvalidTokenError(TokenError):
     """The token is malformed, unknown or its secret is wrong: nothing about the caller is
     verified (its refusals are aggregated, see fleet.audit)."""
+
+
+class ManufacturerCertificateError(AuthenticationError):
+    """A manufacturer certificate (IDevID) does not verify against a registered vendor's CA:
+    unknown vendor, broken chain, outside its validity, revoked by the vendor's CRL."""
 
 
 class ForbiddenError(FleetError):

@@ -21,6 +21,7 @@ from fleet.authority.enrollment import EnrollmentPolicy, TokenCredential
 from fleet.authority.groups import GroupPolicy
 from fleet.authority.issuers import IssuingPolicy, IssuingStatus, Retirement
 from fleet.authority.lifecycle import LifecyclePolicy
+from fleet.authority.manufacturer import ManufacturerCredential, ManufacturerPolicy
 from fleet.authority.ocsp import OcspAnswer, OcspPolicy
 from fleet.authority.renewal import RenewalPolicy
 from fleet.authority.tokens import MAX_TOKENS_PER_CALL, IssuedToken, TokenPolicy
@@ -36,6 +37,7 @@ __all__ = [
     "Issued",
     "IssuedToken",
     "IssuingStatus",
+    "ManufacturerCredential",
     "OcspAnswer",
     "Result",
     "Retirement",
@@ -46,6 +48,6 @@ __all__ = [
 ]
 
 
-class Authority(GroupPolicy, TokenPolicy, EnrollmentPolicy, RenewalPolicy, LifecyclePolicy,
-                CrlPolicy, OcspPolicy, IssuingPolicy):
+class Authority(GroupPolicy, TokenPolicy, EnrollmentPolicy, ManufacturerPolicy, RenewalPolicy,
+                LifecyclePolicy, CrlPolicy, OcspPolicy, IssuingPolicy):
     """Fleet's CA policy over one registry database."""

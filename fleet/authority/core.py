@@ -18,6 +18,7 @@ from sqlmodel import Session
 
 from fleet import pki
 from fleet.audit import Aggregate, RefusalDigest
+from fleet.authority.vendor_crl import VendorCrls
 from fleet.ca import CA, Trust, crl_path, load_ca
 from fleet.errors import (
     CertificateNotActiveError,
@@ -73,6 +74,7 @@ class AuthorityCore:
         self.clock = clock
         self._crl_lock = threading.Lock()
         self._crl_cache: tuple[int, datetime, tuple[SignedCrl, ...]] | None = None
+        self.vendor_crls = VendorCrls()
 
     @property
     def ca(self) -> CA:

@@ -39,6 +39,7 @@ from fleet.cli import (
     serve,
     sim,
     token,
+    vendor,
 )
 from fleet.cli.context import Fleet
 from fleet.errors import ConfigError, FleetError, NotFoundError, RegistryUnavailableError
@@ -139,6 +140,7 @@ app.add_typer(ca.app, name="ca")
 app.add_typer(group.app, name="group")
 app.add_typer(token.app, name="token")
 app.add_typer(device.app, name="device")
+app.add_typer(vendor.app, name="vendor")
 app.add_typer(cert.app, name="cert")
 app.command("crl")(crl.crl)
 app.add_typer(audit.app, name="audit")

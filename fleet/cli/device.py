@@ -1,4 +1,4 @@
-"""``fleet device``: list, show, revoke, suspend and resume devices."""
+"""``fleet device``: list, show, revoke, suspend, resume, delete and re-arm devices."""
 
 from __future__ import annotations
 
@@ -145,3 +145,21 @@ def resume(ctx: typer.Context, device_id: DeviceArgument, as_json: JsonOption = 
     fleet = fleet_of(ctx)
     fleet.authority.resume_device(device_id=device_id, actor=fleet.actor)
     _done(fleet, device_id, f"resumed device {device_id}", as_json=as_json)
+
+
+@app.command("rearm")
+def rearm(ctx: typer.Context, device_id: DeviceArgument,
+          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Let the manufacturer certificate the device enrolled with enroll it once more (after a
+    factory reset, or to bring a revoked or deleted device back)."""
+    fleet = fleet_of(ctx)
+    records = fleet.authority.rearm_device(device_id=device_id, actor=fleet.actor)
+    if as_json:
+        emit_json({"id": device_id, "manufacturer_certificates": [
+            {"fingerprint_sha256": r.fingerprint_sha256, "vendor": r.vendor,
+             "issuer": r.issuer, "serial": r.serial, "armed": r.armed,
+             "rearm_count": r.rearm_count, "enrolled_at": iso(r.enrolled_at),
+             "rearmed_at": iso(r.rearmed_at)} for r in records]})
+    else:
+        say(f"re-armed the manufacturer certificate of device {device_id}: it may enroll "
+            "once more")

@@ -6,7 +6,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Column, DateTime, Integer, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -112,6 +112,57 @@ class BootstrapToken(SQLModel, table=True):
     created_at: datetime = _time()
     created_by: str = Field(max_length=128)
     revoked_at: datetime | None = _time(nullable=True)
+
+
+class Vendor(SQLModel, table=True):
+    """A trusted manufacturer CA (``fleet vendor add``): the devices it certified (IEEE
+    802.1AR IDevIDs) enroll into its group with that certificate alone, and for nothing else."""
+
+    __tablename__ = "vendors"
+
+    name: str = Field(primary_key=True, max_length=64)
+    ca_pem: str = Field(sa_column=Column(Text, nullable=False))
+    """The vendor's CA certificates (PEM): its root and any intermediates."""
+    fingerprint_sha256: str = Field(unique=True, max_length=64)
+    """SHA-256 of the first CA certificate of ``ca_pem``."""
+    group: str = Field(index=True, max_length=64)
+    device_id_from: str = Field(max_length=16)  # cn | serialNumber | san-uri
+    allow_listed: bool = Field(sa_column=Column(Boolean, nullable=False))
+    """Only the ids in vendor_allowed_ids may enroll."""
+    crl_url: str | None = Field(default=None, max_length=512)
+    crl_file: str | None = Field(default=None, max_length=1024)
+    channel_binding: bool = Field(sa_column=Column(Boolean, nullable=False))
+    """A CSR must carry the TLS session's tls-unique as its challengePassword."""
+    created_at: datetime = _time()
+    created_by: str = Field(max_length=128)
+
+
+class VendorAllowedId(SQLModel, table=True):
+    """A device id a vendor's allow list names (a factory's serial list)."""
+
+    __tablename__ = "vendor_allowed_ids"
+
+    vendor: str = Field(primary_key=True, max_length=64)
+    device_id: str = Field(primary_key=True, max_length=64)
+
+
+class ManufacturerCertificate(SQLModel, table=True):
+    """A manufacturer certificate a device enrolled with: one enrollment each, unless an
+    operator re-arms it (``fleet device rearm``)."""
+
+    __tablename__ = "manufacturer_certificates"
+
+    fingerprint_sha256: str = Field(primary_key=True, max_length=64)
+    issuer: str = Field(sa_column=Column(String(1024), nullable=False))
+    serial: str = Field(max_length=64)
+    vendor: str = Field(index=True, max_length=64)
+    # No foreign key: the record outlives its device row, so a deleted device stays enrolled.
+    device_id: str = Field(index=True, max_length=64)
+    enrolled_at: datetime = _time()
+    armed: bool = Field(sa_column=Column(Boolean, nullable=False))
+    """It may enroll (again): set by ``fleet device rearm``, cleared by the enrollment."""
+    rearm_count: int = Field(default=0)
+    rearmed_at: datetime | None = _time(nullable=True)
 
 
 class RevocationEvent(SQLModel, table=True):

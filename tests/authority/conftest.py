@@ -22,7 +22,7 @@ from fleet.registry import events as events_db
 from fleet.registry import tokens as tokens_db
 
 STATE_TABLES = ("device_groups", "devices", "certificates", "bootstrap_tokens", "revocation_events",
-                "crl_state")
+                "crl_state", "vendors", "vendor_allowed_ids", "manufacturer_certificates")
 
 
 class Clock:

@@ -31,7 +31,8 @@ from fleet.registry.engine import write_session
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 TABLES = {"device_groups", "devices", "certificates", "bootstrap_tokens", "revocation_events",
-          "audit_events", "audit_checkpoints", "crl_state", "alembic_version"}
+          "audit_events", "audit_checkpoints", "crl_state", "vendors", "vendor_allowed_ids",
+          "manufacturer_certificates", "alembic_version"}
 
 
 def token_row(token_id: str = "0123456789abcdef", *, uses: int = 1,
@@ -63,7 +64,7 @@ def test_migrations_apply_twice(engine: Engine) -> None:
     assert set(inspect(engine).get_table_names()) >= TABLES
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0007",)]
+            ("0008",)]
         assert connection.execute(text("SELECT id, crl_number FROM crl_state")).all() == [(1, 0)]
 
 
