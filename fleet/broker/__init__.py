@@ -6,7 +6,8 @@ amqtt broker with Fleet's plugins, and a revocation watcher.
     gate.Gate                read the first packet itself: CONNECT checks, registry admission,
         |                    will policy; refuse with CONNACK, or replay the CONNECT into amqtt
     engine.FleetBroker       amqtt, with sessions bound to the live connection, the topic
-                             policy (plugins.py) on publish, subscribe and every delivery
+                             policy of the connection on publish, subscribe and every delivery;
+                             amqtt's internals only through amqtt_adapter.py (version checked)
     watcher.RevocationWatcher  poll revocation events; drop what they name, purge what it
                                left behind (sessions, retained messages)
     persistence.Store        the state file: sessions and retained messages across restarts

@@ -1,4 +1,4 @@
-"""One live client connection, the index of all of them, and the stream adapters amqtt reads.
+"""One live client connection, the index of all of them, and the reader of its packets.
 
 A :class:`Connection` is created right after the TLS handshake from the certificate the peer
 presented on THIS connection; amqtt sessions point at the connection that last bound them,
@@ -14,19 +14,17 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from amqtt.adapters import ReaderAdapter, StreamWriterAdapter
 from cryptography import x509
 
 from fleet.acl import NOTHING, Grants
 from fleet.broker import conformance, packets
 from fleet.broker.packets import PUBACK, PUBCOMP, PUBREC, PUBREL, Violation
 from fleet.broker.quotas import CACHED_TOPIC_LENGTH
-from fleet.broker.session import RELEASED, outgoing
 from fleet.broker.tls import peer_certificate
 from fleet.pki import Identity
 
 if TYPE_CHECKING:
-    from amqtt.session import Session
+    from fleet.broker.amqtt_adapter import FleetSession as Session
 
 SESSION_KEY = "fleet.connection"
 """The key under ``Session.attributes`` holding the connection bound to that session."""
@@ -64,9 +62,9 @@ class Connection:
 
     __slots__ = (
         "_acknowledged", "_keep_alive", "_pending", "_pending_sent", "_pending_sent_bytes",
-        "_publish", "_receive", "_stream", "admitted_at", "client_id", "closing_reason",
+        "_publish", "_receive", "admitted_at", "client_id", "closing_reason",
         "dropped", "finished", "grants", "id", "identity", "last_rx", "loop", "peer", "serial",
-        "session", "suppress_will", "transport", "unflushed", "unflushed_bytes",
+        "session", "stream", "suppress_will", "transport", "unflushed", "unflushed_bytes",
     )
 
     def __init__(self, *, transport: asyncio.WriteTransport, serial: str,
@@ -95,7 +93,7 @@ class Connection:
         self._publish: dict[str, bool] = {}
         self._pending: list[bytes] = []
         self._pending_sent = self._pending_sent_bytes = 0  # QoS 0 deliveries among _pending
-        self._stream: asyncio.StreamWriter | None = None  # set by ConnectionWriter
+        self.stream: asyncio.StreamWriter | None = None  # set by amqtt_adapter.ConnectionWriter
         self._acknowledged = False  # CONNACK sent: queued packets may leave
         self._keep_alive: asyncio.TimerHandle | None = None
 
@@ -204,8 +202,8 @@ class Connection:
     async def writable(self) -> None:
         """Return once the socket takes writes again: a peer that does not read what it is
         sent (acknowledgements of its own packets included) is not read from either."""
-        if self._stream is not None:
-            await self._stream.drain()
+        if self.stream is not None:
+            await self.stream.drain()
 
     def watch_keep_alive(self, keep_alive: int, on_idle: Callable[[Connection], None]) -> None:
         """Call *on_idle* once nothing arrived for 1.5 x *keep_alive* seconds (MQTT-3.1.2-24)."""
@@ -302,8 +300,9 @@ def _discard(index: dict[Any, set[Connection]], key: Any, connection: Connection
             del index[key]
 
 
-class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
-    """amqtt's view of the stream: the CONNECT the gate already read, then the socket.
+class ConnectionReader:
+    """amqtt's view of the stream (an amqtt ReaderAdapter, fleet.broker.amqtt_adapter): the
+    CONNECT the gate already read, then the socket.
 
     The reader keeps track of packet boundaries. Every PUBLISH, its PUBREL, and PUBACK,
     PUBREC and PUBCOMP for the deliveries the broker writes (all outgoing QoS 1 and 2 ones)
@@ -414,13 +413,11 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
             receiver.release(session, packet_id)
             connection.write(packets.acknowledgement(PUBCOMP, identifier))
             return True
-        message = outgoing(session, packet_id)
         if kind == PUBREC:  # 4.3.3: PUBREL answers every PUBREC, and is resent on resume
-            if message is not None and message.qos == 2:
-                message.pubrel_packet = RELEASED
-            connection.write(packets.pubrel(packet_id))
-        elif message is not None and message.qos == _COMPLETES[kind]:
-            session.complete(packet_id)
+            session.pubrec(packet_id)
+            connection.write(packets.acknowledgement(PUBREL, identifier))
+        else:
+            session.acknowledged(packet_id, _COMPLETES[kind])
         return True
 
     def _publish(self, packet: bytes, topic: str, payload: int) -> bool:
@@ -449,11 +446,3 @@ class ConnectionReader(ReaderAdapter):  # type: ignore[misc]  # amqtt is untyped
     def feed_eof(self) -> None:
         self._reader.feed_eof()
 
-
-class ConnectionWriter(StreamWriterAdapter):  # type: ignore[misc]
-    """amqtt's writer, carrying the connection it belongs to."""
-
-    def __init__(self, writer: asyncio.StreamWriter, connection: Connection) -> None:
-        super().__init__(writer)
-        self.connection = connection
-        connection._stream = writer

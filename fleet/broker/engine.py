@@ -1,4 +1,5 @@
-"""amqtt's Broker with the session binding, delivery checks and bounds Fleet needs.
+"""Fleet's broker: sessions bound to the live connection, routing, delivery checks and bounds,
+on amqtt (whose internals it reaches only through fleet.broker.amqtt_adapter).
 
 What changes against stock amqtt 0.12.1 (S1-S8 are listed in docs/broker-security.md):
 
@@ -6,9 +7,9 @@ What changes against stock amqtt 0.12.1 (S1-S8 are listed in docs/broker-securit
   only be created or resumed by a connection whose certificate identity equals its client id
   (S1, S2, S6), and amqtt's own keep-alive timer is replaced by the connection's (S5);
 - a connection's end is always seen, even when it comes before its reader has started
-  (:class:`Handler`, S8); only a persistent session is resumed, never the clean session of a
-  connection still being torn down (MQTT-3.1.2-6); and a connection whose session a newer one
-  took over leaves that session, its state and its will alone;
+  (fleet.broker.amqtt_adapter.Handler, S8); only a persistent session is resumed, never the
+  clean session of a connection still being torn down (MQTT-3.1.2-6); and a connection whose
+  session a newer one took over leaves that session, its state and its will alone;
 - retained messages go only to the session that subscribed, and only if it may receive the
   topic (S3); every delivery, live or queued for an offline session, passes the RECEIVE check;
 - a message is routed as soon as it is read (no per-session or global queue), delivered at
@@ -39,7 +40,8 @@ What changes against stock amqtt 0.12.1 (S1-S8 are listed in docs/broker-securit
 - subscriptions live in a table indexed by topic level (fleet.broker.subscriptions): a
   SUBSCRIBE, an UNSUBSCRIBE and the routing of a message cost the same with 10 sessions or
   10,000, and a repeated SUBSCRIBE replaces the subscription's QoS (MQTT-3.8.4-3);
-- sessions keep their state without a ``transitions`` machine each (fleet.broker.session);
+- sessions keep their state without a ``transitions`` machine each
+  (fleet.broker.amqtt_adapter.FleetSession);
   a clean session is discarded when its connection ends, a persistent one once its client
   has been away for ``session_expiry`` (fleet.broker.session.Away), instead of amqtt's scan
   of every session once a second;
@@ -54,16 +56,12 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import Action
-from amqtt.errors import BrokerError, MQTTError
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.mqtt.protocol.handler import ProtocolHandler
-from amqtt.session import OutgoingApplicationMessage, Session
 
 from fleet.acl import matches
-from fleet.broker import packets, session
-from fleet.broker.connection import Connection, ConnectionReader, ConnectionWriter, connection_of
+from fleet.broker import packets
+from fleet.broker.amqtt_adapter import AmqttBroker, FleetSession
+from fleet.broker.connection import Connection, ConnectionReader, connection_of
 from fleet.broker.health import BrokerMetrics
 from fleet.broker.quotas import (
     MAX_FILTER_BYTES,
@@ -75,7 +73,7 @@ from fleet.broker.quotas import (
     RetainedLedger,
     weight,
 )
-from fleet.broker.session import RELEASED, SENT, Away, Mailbox
+from fleet.broker.session import Away
 from fleet.broker.subscriptions import SubscriptionTable
 
 FILTERS_KEY = "fleet.filters"
@@ -88,56 +86,14 @@ log = logging.getLogger(__name__)
 Denied = Callable[[Connection | None, Action, str], None]
 
 
-class Inbound:
-    """A session's inbound message "queue" that never holds anything.
-
-    amqtt's protocol handler would put every received PUBLISH on this queue for the session's
-    message loop to take out again. Every PUBLISH is read and routed by ConnectionReader
-    instead (see :meth:`FleetBroker.receive`), so the message loop only ever waits here, and
-    there is no queue to bound: what is not yet routed is still unread in the socket.
-    """
-
-    __slots__ = ()
-
-    async def get(self) -> Any:
-        """Nothing is ever queued: the session's message loop waits here until cancelled."""
-        await asyncio.get_running_loop().create_future()
-
-    def qsize(self) -> int:
-        return 0
-
-    def empty(self) -> bool:
-        return True
-
-    def full(self) -> bool:
-        return False
-
-
-class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped
-    """amqtt's protocol handler for one connection, whose disconnect waiter exists before its
-    reader starts.
-
-    Stock 0.12.1 creates the waiter after starting the reader task. A connection reset in
-    between (it reaches the broker while it writes the CONNACK) ends the reader first: its
-    "connection closed" finds no waiter, and the waiter made afterwards is never resolved,
-    so the connection's task waits for ever and keeps its client id (S8 in
-    docs/broker-security.md). The reader's end now resolves this waiter, or, if it ended
-    even before, leaves none, and ``wait_disconnect`` returns at once.
-    """
-
-    async def start(self) -> None:
-        self._disconnect_waiter = asyncio.get_running_loop().create_future()
-        await ProtocolHandler.start(self)
-
-
-class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
-    """amqtt Broker fed only by the CONNECT gate (listener type ``external``)."""
+class FleetBroker(AmqttBroker):
+    """The broker the CONNECT gate feeds."""
 
     def __init__(self, config: dict[str, Any], *, quotas: Quotas, session_expiry: float,
                  on_denied: Denied, on_quota: OnQuota,
                  metrics: BrokerMetrics | None = None) -> None:
-        session.install()
-        super().__init__(config)
+        self._table: SubscriptionTable[FleetSession] = SubscriptionTable()
+        super().__init__(config, self._table)
         self.quotas = quotas
         self._on_denied = on_denied
         self._on_quota = on_quota
@@ -146,41 +102,13 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self._dropped = metrics.dropped_queue_full
         self._retained = RetainedLedger(max_messages=quotas.max_retained_messages,
                                         max_bytes=quotas.max_retained_bytes)
-        self._subscriptions: SubscriptionTable[Session] = SubscriptionTable()
         self.session_expiry = session_expiry
         self._away = Away(after=session_expiry, expire=self._expired)
         self._tasks: set[asyncio.Future[None]] = set()
 
     # -- sessions ------------------------------------------------------------------------
 
-    async def _initialize_client_session(
-        self, reader: Any, writer: Any, remote_address: str, remote_port: int,
-    ) -> tuple[BrokerProtocolHandler, Session]:
-        """Read the CONNECT (the gate's replay) and create or resume the session for it."""
-        handler, incoming = await Handler.init_from_connect(reader, writer,
-                                                            self.plugins_manager)
-        handler._pending_subscriptions = Mailbox()
-        handler._pending_unsubscriptions = Mailbox()
-        connection = writer.connection if isinstance(writer, ConnectionWriter) else None
-        if connection is None or connection.client_id != incoming.client_id:
-            await writer.close()
-            raise MQTTError("connection did not pass the CONNECT gate")
-        session = await self._session_for(incoming)
-        # The session now belongs to this live connection, never to what a former one left.
-        session.ssl_object = writer.get_ssl_info()
-        session.remote_address, session.remote_port = remote_address, remote_port
-        session.keep_alive = 0  # the connection enforces 1.5 x keep-alive itself
-        if not isinstance(session.delivered_message_queue, Inbound):
-            session.delivered_message_queue = Inbound()
-        if session.parent == 0:
-            session.attributes[FILTERS_KEY] = set()
-        self._away.back(session.client_id)  # claimed now: an expiry may not take it any more
-        connection.bind(session)
-        if isinstance(reader, ConnectionReader):
-            reader.receiver = self
-        return handler, session
-
-    async def _session_for(self, incoming: Session) -> Session:
+    async def session_for(self, incoming: FleetSession) -> FleetSession:
         """The stored persistent session of *incoming*'s client id, resumed with the new
         CONNECT's will (``parent`` 1: CONNACK session present); otherwise *incoming*, with
         any stored session of that client id discarded.
@@ -191,92 +119,41 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         was discarded again when the resuming connection ended).
         """
         client_id = incoming.client_id
-        stored = self._sessions.get(client_id)
-        if stored is None or incoming.clean_session or stored[0].clean_session:
+        stored = self.stored(client_id)
+        if stored is None or incoming.clean_session or stored.clean_session:
             if stored is not None:
-                await self._cleanup_session(client_id)
+                await self.discard(client_id)
             incoming.parent = 0
             return incoming
-        session: Session = stored[0]
-        session.will_flag, session.will_message = incoming.will_flag, incoming.will_message
-        session.will_topic, session.will_qos = incoming.will_topic, incoming.will_qos
-        session.will_retain = incoming.will_retain
-        session.username, session.password = incoming.username, incoming.password
-        session.parent = 1
-        return session
+        stored.will_flag, stored.will_message = incoming.will_flag, incoming.will_message
+        stored.will_topic, stored.will_qos = incoming.will_topic, incoming.will_qos
+        stored.will_retain = incoming.will_retain
+        stored.username, stored.password = incoming.username, incoming.password
+        stored.parent = 1
+        return stored
 
-    async def _handle_client_session(self, reader: Any, writer: Any, client_session: Session,
-                                     handler: BrokerProtocolHandler, server: Any,
-                                     listener_name: str) -> None:
-        """Stock flow without its O(all filters) retained replay of other sessions' filters."""
-        authenticated = await self._authenticate(client_session,
-                                                 self.listeners_config[listener_name])
-        client_id = client_session.client_id
-        if client_id is None:
-            raise BrokerError("client id was not set")
-        previous = self._sessions.get(client_id)
-        if client_session.transitions.is_connected() and previous is not None:
-            # The gate has already dropped the previous holder; finish its handler.
-            await previous[1].handle_connection_closed()
-            await previous[1].stop()
-        else:
-            client_session.transitions.connect()
-        connection = writer.connection if isinstance(writer, ConnectionWriter) else None
-        try:
-            handler.attach(client_session, reader, writer)
-            # The broker resends its own deliveries (_resend_inflight); inbound QoS 2 messages
-            # wait in the session for the client's PUBREL: amqtt has nothing to retry.
-            handler._retry_deliveries = _nothing
-            if connection is not None and authenticated:  # queued now, sent after the CONNACK
-                self._resend_inflight(client_session, connection)
-            self._sessions[client_id] = (client_session, handler)
-            await handler.mqtt_connack_authorize(authenticated)
-            if not authenticated:
-                client_session.transitions.disconnect()
-                await writer.close()
-                return
-            if connection is not None:
-                connection.acknowledged()
-            await handler.start()
-            # Messages queued while a persistent session was offline. Retained messages are
-            # sent when a subscription is made (MQTT-3.3.1-6), not again on every reconnect.
-            await self._publish_session_retained_messages(client_session)
-            await self._client_message_loop(client_session, handler)
-        finally:
-            await self._left(client_session, connection)
+    def claimed(self, session: FleetSession, connection: Connection,
+                reader: ConnectionReader) -> None:
+        if session.parent == 0:
+            session.attributes[FILTERS_KEY] = set()
+        self._away.back(session.client_id)  # claimed now: an expiry may not take it any more
+        connection.bind(session)
+        reader.receiver = self
 
-    async def _handle_disconnect(self, client_session: Session,
-                                 handler: BrokerProtocolHandler,
-                                 disconnect_waiter: asyncio.Future[Any]) -> None:
-        """A connection's end. If a newer connection has taken its session over meanwhile
-        (the gate stopped waiting for this one after ``connect_timeout``), the session, its
-        state and the will it now holds are the newer connection's: this one only stops."""
-        held = self._sessions.get(client_session.client_id)
-        if held is not None and held[0] is client_session and held[1] is not handler:
-            await self._stop_handler(handler)
-        else:
-            await super()._handle_disconnect(client_session, handler, disconnect_waiter)
-
-    async def _session_monitor(self) -> None:
-        """amqtt's once-a-second scan of every session is not used: :meth:`_left` discards a
-        clean session when its connection ends and :class:`Away` expires persistent ones."""
-
-    async def _left(self, session: Session, connection: Connection | None) -> None:
+    async def left(self, session: FleetSession, connection: Connection | None) -> None:
         """The connection holding *session* is over: a clean session is discarded now
         (MQTT-3.1.2-6), a persistent one once its client stays away for ``session_expiry``."""
         client_id = session.client_id
-        if connection_of(session) is not connection \
-                or self._sessions.get(client_id, (None,))[0] is not session:
+        if connection_of(session) is not connection or self.stored(client_id) is not session:
             return  # resumed by a newer connection, or purged
-        if session.transitions.is_connected():  # the connection failed before its DISCONNECT
-            session.transitions.disconnect()
+        session.disconnected()  # also when the connection failed before its DISCONNECT
         if session.clean_session:
-            await self._cleanup_session(client_id)
+            await self.discard(client_id)
         else:
             self._away.left(client_id, session)
 
-    def _expired(self, client_id: str, session: Session) -> None:
-        if self._sessions.get(client_id, (None,))[0] is session:
+    def _expired(self, client_id: str, session: FleetSession) -> None:
+        if self.stored(client_id) is session:
             log.info("session %r expired: its client was away for broker.session_expiry",
                      client_id)
             self._spawn(self.purge_session(client_id))
@@ -284,23 +161,23 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     async def purge_session(self, client_id: str) -> int | None:
         """Forget a session entirely: subscriptions, queued and in-flight messages, will,
         state. Returns how many messages it held (None: there was no session)."""
-        stored = self._sessions.get(client_id)
+        stored = self.stored(client_id)
         if stored is None:
             return None
-        held: int = stored[0].budget.messages
+        held = stored.budget.messages
         self._away.back(client_id)
-        await self._cleanup_session(client_id)  # FleetSession.clear_queues drops what it held
+        await self.discard(client_id)
         return held
 
     # -- what survives a restart (fleet.broker.persistence) ------------------------------
 
-    def persistent_sessions(self) -> list[Session]:
+    def persistent_sessions(self) -> list[FleetSession]:
         """Every stored session that outlives its connection (clean_session=0)."""
-        return [stored for stored, _ in self._sessions.values() if not stored.clean_session]
+        return [stored for stored in self.stored_sessions() if not stored.clean_session]
 
-    def subscriptions_of(self, session: Session) -> list[tuple[str, int]]:
+    def subscriptions_of(self, session: FleetSession) -> list[tuple[str, int]]:
         """(filter, granted QoS) of every subscription *session* holds."""
-        table, client_id = self._subscriptions, session.client_id
+        table, client_id = self._table, session.client_id
         return [(topic_filter, granted)
                 for topic_filter in sorted(session.attributes.get(FILTERS_KEY, ()))
                 if (granted := table[topic_filter].granted(client_id)) is not None]
@@ -312,10 +189,9 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     def retained_with_owners(self) -> list[tuple[str, bytes, int, str | None]]:
         """(topic, payload, QoS, device charged with it) of every retained message."""
         owner = self._retained.owner
-        return [(topic, bytes(retained.data), retained.qos or 0, owner(topic))
-                for topic, retained in self._retained_messages.items()]
+        return [(topic, bytes(data), qos, owner(topic)) for topic, data, qos in self.retained()]
 
-    def adopt(self, session: Session, subscriptions: list[tuple[str, int]], *,
+    def adopt(self, session: FleetSession, subscriptions: list[tuple[str, int]], *,
               away_for: float) -> int:
         """Take in a persistent session restored after a restart, its client away for
         *away_for* seconds, with those of its *subscriptions* (valid filters) that pass the
@@ -332,9 +208,9 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                     or self._subscription_problem(topic_filter, len(filters)) is not None:
                 refused += 1
                 continue
-            self._subscriptions.subscribe(topic_filter, client_id, session, qos)
+            self._table.subscribe(topic_filter, client_id, session, qos)
             filters.add(topic_filter)
-        self._sessions[client_id] = (session, None)  # no handler until a client connects
+        self.keep(session)  # no handler until a client connects
         self._away.left(client_id, session, away_for=away_for)
         return refused
 
@@ -345,34 +221,32 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         if not data or self._retained.refusal(owner, topic, size) is not None:
             return False
         self._retained.set(owner, topic, size)
-        self._retained_messages[topic] = RetainedApplicationMessage(None, topic, data, qos)
+        self.keep_retained(None, topic, data, qos)
         return True
 
-    def _resend_inflight(self, session: Session, connection: Connection) -> None:
+    def resend(self, session: FleetSession, connection: Connection) -> None:
         """Send unacknowledged PUBLISH (DUP set) and PUBREL packets again, in order
         (MQTT-4.4.0-1)."""
-        for packet_id, message in list(session.inflight_out.items()):
-            if message.publish_packet is not SENT:
-                continue
-            if message.pubrel_packet is RELEASED:
-                connection.write(packets.pubrel(packet_id))
-            elif not connection.may_receive(message.topic):
-                session.complete(packet_id)
+        for flight in session.inflight():
+            if flight.released:
+                connection.write(packets.pubrel(flight.packet_id))
+            elif not connection.may_receive(flight.topic):
+                session.complete(flight.packet_id)
             else:
-                connection.write(packets.publish(message.topic, message.data, qos=message.qos,
-                                                 packet_id=packet_id, retain=message.retain,
-                                                 dup=True))
+                connection.write(packets.publish(flight.topic, flight.data, qos=flight.qos,
+                                                 packet_id=flight.packet_id,
+                                                 retain=flight.retain, dup=True))
 
-    async def _publish_session_retained_messages(self, session: Session) -> None:
+    def deliver_queued(self, session: FleetSession) -> None:
         """Messages queued while the session was offline, delivered like live ones."""
         while (queued := session.dequeue()) is not None:
-            self._deliver(session, queued.topic, queued.data, queued.qos or 0, retain=False)
+            topic, data, qos = queued
+            self._deliver(session, topic, data, qos, retain=False)
 
     # -- subscriptions -------------------------------------------------------------------
 
-    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        """Grant *subscription* (filter, QoS) or refuse it; returns the SUBACK return code."""
-        topic_filter, qos = subscription
+    def subscribe(self, session: FleetSession, topic_filter: str, qos: int) -> int:
+        """Grant *topic_filter* at *qos* or refuse it; returns the SUBACK return code."""
         if not self._may_subscribe(session, topic_filter):
             return SUBACK_FAILURE
         filters = session.attributes.setdefault(FILTERS_KEY, set())
@@ -383,7 +257,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                     self._on_quota(connection_of(session), "max_subscriptions", problem)
                 return SUBACK_FAILURE
             session.budget.ends(SUBSCRIPTIONS)
-        self._subscriptions.subscribe(topic_filter, session.client_id, session, qos)
+        self._table.subscribe(topic_filter, session.client_id, session, qos)
         filters.add(topic_filter)
         return qos
 
@@ -397,16 +271,16 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                     f" levels: at most {MAX_FILTER_BYTES} and {MAX_FILTER_LEVELS}")
         return None
 
-    def _del_subscription(self, a_filter: str, session: Session) -> int:
-        session.attributes.get(FILTERS_KEY, set()).discard(a_filter)
-        return int(self._subscriptions.unsubscribe(a_filter, session.client_id))
+    def unsubscribe(self, session: FleetSession, topic_filter: str) -> bool:
+        session.attributes.get(FILTERS_KEY, set()).discard(topic_filter)
+        return self._table.unsubscribe(topic_filter, session.client_id)
 
-    async def _del_all_subscriptions(self, session: Session) -> None:
+    def unsubscribe_all(self, session: FleetSession) -> None:
         # Only this session's own filters, instead of scanning every filter in the broker.
         for topic_filter in list(session.attributes.get(FILTERS_KEY, ())):
-            self._del_subscription(topic_filter, session)
+            self.unsubscribe(session, topic_filter)
 
-    def _may_subscribe(self, session: Session, topic_filter: str) -> bool:
+    def _may_subscribe(self, session: FleetSession, topic_filter: str) -> bool:
         """Does the topic policy of *session*'s live connection cover every topic
         *topic_filter* can match? A refusal is reported to ``on_denied``."""
         connection = connection_of(session)
@@ -427,13 +301,13 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
 
     # -- messages ------------------------------------------------------------------------
 
-    def receive(self, session: Session, topic: str, data: bytes, qos: int,
+    def receive(self, session: FleetSession, topic: str, data: bytes, qos: int,
                 retain: bool) -> None:
         """A QoS 0 or 1 PUBLISH from *session*: check it, route it, keep it if retained."""
         if self._accepts(session, topic, data, qos, retain):
             self._publish(session, topic, data, qos, retain)
 
-    def hold(self, session: Session, packet_id: int, topic: str, data: bytes,
+    def hold(self, session: FleetSession, packet_id: int, topic: str, data: bytes,
              retain: bool) -> None:
         """A QoS 2 PUBLISH: checked now, kept until its PUBREL (4.3.3, method A) within the
         client's budget, else dropped; a resend before the PUBREL is not kept twice."""
@@ -443,7 +317,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             session.unreleased.hold(packet_id, topic, data, retain,
                                     timeout=self.quotas.qos2_release_timeout)
 
-    def release(self, session: Session, packet_id: int) -> None:
+    def release(self, session: FleetSession, packet_id: int) -> None:
         """The PUBREL of *packet_id*: route the message (nothing if it was dropped or timed
         out: the client's flow still ends with PUBCOMP)."""
         held = session.unreleased.release(packet_id)
@@ -455,7 +329,7 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self._on_quota(connection, "max_packet_bytes",
                        f"packet of {size} bytes, above {self.quotas.max_packet_bytes}")
 
-    def _accepts(self, session: Session, topic: str, data: bytes, qos: int,
+    def _accepts(self, session: FleetSession, topic: str, data: bytes, qos: int,
                  retain: bool) -> bool:
         """May *session* publish to *topic*? A refused PUBLISH is dropped (and audited); one
         to an invalid topic name never gets here (fleet.broker.conformance closes it)."""
@@ -466,20 +340,14 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
         self._on_denied(connection, Action.PUBLISH, topic)
         return False
 
-    def _publish(self, session: Session, topic: str, data: bytes, qos: int,
+    def _publish(self, session: FleetSession, topic: str, data: bytes, qos: int,
                  retain: bool) -> None:
         self.route(topic, data, qos)
         if retain:
-            self._retain(session, topic, data, qos)
+            self.retain(session, topic, data, qos)
 
-    async def retain_message(self, source_session: Session | None, topic_name: str | None,
-                             data: bytes | bytearray | None, qos: int | None = None) -> None:
-        """A retained will (amqtt's path), under the same quota as any retained message."""
-        if topic_name is not None:
-            self._retain(source_session, topic_name, data or b"", qos)
-
-    def _retain(self, session: Session | None, topic: str, data: bytes | bytearray,
-                qos: int | None) -> None:
+    def retain(self, session: FleetSession | None, topic: str, data: bytes | bytearray,
+               qos: int | None) -> None:
         """Keep (or, for an empty payload, clear) the retained message of *topic*, within the
         retained quota of the device that set it; beyond it, it is routed but not kept."""
         if data:
@@ -496,43 +364,36 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                                    f"not retained: {topic[:100]!r} ({size} bytes)")
                 return
             self._retained.set(device_id, topic, size)
-            self._retained_messages[topic] = RetainedApplicationMessage(session, topic, data, qos)
+            self.keep_retained(session, topic, data, qos)
         else:  # MQTT-3.3.1-10
             self._retained.clear(topic)
-            self._retained_messages.pop(topic, None)
+            self.drop_retained(topic)
 
     def purge_retained(self, device_id: str) -> int:
         """Drop every retained message *device_id* set (and is still the last to have set);
         returns how many."""
         topics = self._retained.release(device_id)
         for topic in topics:
-            del self._retained_messages[topic]
+            self.drop_retained(topic)
         return len(topics)
-
-    async def _broadcast_message(self, session: Session | None, topic: str | None,
-                                 data: bytes | bytearray | None,
-                                 force_qos: int | None = None) -> None:
-        """Wills and broker-internal messages: routed at once like client messages."""
-        if topic is not None and data is not None:
-            self.route(topic, data, 2 if force_qos is None else force_qos)
 
     def route(self, topic: str, data: bytes | bytearray, qos: int) -> None:
         """Deliver a message to every subscription matching *topic*."""
-        table = self._subscriptions
+        table = self._table
         for topic_filter in table.matching(topic):
             for target, granted in table[topic_filter]:
                 self._deliver(target, topic, data, min(qos, granted), retain=False)
 
-    def _deliver(self, target: Session, topic: str, data: bytes | bytearray, qos: int, *,
+    def _deliver(self, target: FleetSession, topic: str, data: bytes | bytearray, qos: int, *,
                  retain: bool) -> None:
         connection = connection_of(target)
         if connection is None or not connection.may_receive(topic):
             return
-        if target.transitions.state != "connected":
+        if not target.connected:
             # MQTT-3.1.2-5: kept for a disconnected persistent session, QoS 1 and 2 only.
             if not target.clean_session and qos > 0 \
                     and self._admits(target, None, weight(topic, data)):
-                target.queue(RetainedApplicationMessage(None, topic, data, qos))
+                target.queue(topic, data, qos)
             return
         if qos == 0:
             packet = packets.publish(topic, data, retain=retain)
@@ -544,12 +405,12 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             return
         # Written here; ConnectionReader takes the PUBACK / PUBREC / PUBCOMP (4.3.2, 4.3.3).
         packet_id = target.next_packet_id
-        target.sent(OutgoingApplicationMessage(packet_id, topic, qos, data, retain))
+        target.sent(packet_id, topic, data, qos, retain=retain)
         connection.write(
             packets.publish(topic, data, qos=qos, packet_id=packet_id, retain=retain))
         self._delivered.inc()
 
-    def _admits(self, target: Session, connection: Connection | None, size: int) -> bool:
+    def _admits(self, target: FleetSession, connection: Connection | None, size: int) -> bool:
         """Does one more message of *size* bytes fit *target*'s queue budget: what it holds,
         plus, with its live *connection*, the QoS 0 deliveries that may still wait in the
         socket? If not, it is dropped."""
@@ -575,16 +436,9 @@ class FleetBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                            f"dropping what comes beyond")
         return False
 
-    async def _publish_retained_messages_for_subscription(
-            self, subscription: tuple[str, int], session: Session) -> None:
-        topic_filter, qos = subscription
+    def deliver_retained(self, session: FleetSession, topic_filter: str, qos: int) -> None:
         if topic_filter not in session.attributes.get(FILTERS_KEY, ()):
             return
-        for topic, retained in list(self._retained_messages.items()):
+        for topic, data, retained_qos in self.retained():
             if matches(topic, topic_filter):
-                self._deliver(session, topic, retained.data, min(qos, retained.qos or 0),
-                              retain=True)
-
-
-async def _nothing() -> None:
-    """amqtt's per-connection retry of deliveries, which the broker does itself."""
+                self._deliver(session, topic, data, min(qos, retained_qos), retain=True)

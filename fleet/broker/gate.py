@@ -36,13 +36,7 @@ from fleet.acl import Policy
 from fleet.authority import Admission, ConnectReturnCode, serial_hex
 from fleet.broker import packets
 from fleet.broker.backend import Audit, Backend, host_of
-from fleet.broker.connection import (
-    Connection,
-    ConnectionReader,
-    Connections,
-    ConnectionWriter,
-    connection_of,
-)
+from fleet.broker.connection import Connection, ConnectionReader, Connections, connection_of
 from fleet.broker.engine import FleetBroker
 from fleet.broker.health import BrokerMetrics
 from fleet.broker.packets import Connect, ProtocolError, UnsupportedProtocolError, Violation
@@ -61,7 +55,6 @@ from fleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LISTENER = "default"
 MAX_CONNECT_BYTES = 65536
 """A CONNECT (client id, will, user name) larger than this is a protocol abuse."""
 _CLOSE_WAIT = 1.0
@@ -221,11 +214,11 @@ class Gate:
             self._expired, connection, admission.superseded)
         connection.watch_keep_alive(connect.keep_alive, self._idle)
         try:
-            await self._broker.external_connected(
+            await self._broker.connected(
                 ConnectionReader(reader, connection, replay=connect.raw,
                                  max_packet_bytes=self._max_packet,
                                  on_violation=self._violated),
-                ConnectionWriter(writer, connection), LISTENER)
+                writer, connection)
         except Exception:
             log.exception("amqtt failed on %s", connection)
         finally:

@@ -32,8 +32,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
 
-from amqtt.broker import RetainedApplicationMessage
-from amqtt.session import OutgoingApplicationMessage
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -45,11 +43,11 @@ from pydantic import (
 )
 
 from fleet.acl import Grants, is_topic_filter, is_topic_name
+from fleet.broker.amqtt_adapter import FleetSession
 from fleet.broker.backend import Audit, Backend
 from fleet.broker.connection import Connection, connection_of
 from fleet.broker.engine import FleetBroker
 from fleet.broker.quotas import weight
-from fleet.broker.session import RELEASED, SENT, FleetSession
 from fleet.files import private_dir, write_private
 from fleet.pki import Identity
 from fleet.pki.identity import client_id_problem
@@ -360,12 +358,10 @@ def capture(broker: FleetBroker, *, now: datetime) -> Captured:
         sessions.append(CapturedSession(
             session.client_id, connection.identity, connection.serial, connection.grants,
             broker.subscriptions_of(session),
-            [(packet_id, message.topic, message.data, message.qos, bool(message.retain),
-              message.pubrel_packet is RELEASED)
-             for packet_id, message in session.inflight_out.items()
-             if message.publish_packet is SENT],
+            [(flight.packet_id, flight.topic, flight.data, flight.qos, bool(flight.retain),
+              flight.released) for flight in session.inflight()],
             session.unreleased.held(),
-            [(message.topic, message.data, message.qos) for message in session.retained_messages],
+            session.queued(),
             broker.away_for(session.client_id)))
     return Captured(now, sessions, broker.retained_with_owners())
 
@@ -443,10 +439,7 @@ def _session(broker: FleetBroker, stored: StoredSession,
     connection.grants = Grants(publish=stored.grants.publish,
                                subscribe=stored.grants.subscribe,
                                no_dollar=stored.grants.no_dollar)
-    session = FleetSession()
-    session.client_id = stored.client_id
-    session.clean_session = False
-    session.transitions.disconnect()
+    session = FleetSession.restored(stored.client_id)
     connection.bind(session)
     connection.close()
     quotas, budget = broker.quotas, session.budget
@@ -460,13 +453,12 @@ def _session(broker: FleetBroker, stored: StoredSession,
         left_out += 1
         return False
 
+    sent: set[int] = set()
     for flight in stored.inflight:
-        if flight.packet_id not in session.inflight_out and fits(flight.topic, flight.payload):
-            message = OutgoingApplicationMessage(flight.packet_id, flight.topic, flight.qos,
-                                                 flight.payload, flight.retain)
-            session.sent(message)
-            if flight.released:
-                message.pubrel_packet = RELEASED
+        if flight.packet_id not in sent and fits(flight.topic, flight.payload):
+            sent.add(flight.packet_id)
+            session.sent(flight.packet_id, flight.topic, flight.payload, flight.qos,
+                         retain=flight.retain, released=flight.released)
     # Soonest to expire first: the one timer of Unreleased follows insertion order.
     for held in sorted(stored.unreleased, key=lambda u: u.expires_in):
         timeout = held.expires_in - downtime
@@ -477,8 +469,7 @@ def _session(broker: FleetBroker, stored: StoredSession,
                                     timeout=timeout)
     for queued in stored.queued:
         if fits(queued.topic, queued.payload):
-            session.queue(RetainedApplicationMessage(None, queued.topic, queued.payload,
-                                                     queued.qos))
+            session.queue(queued.topic, queued.payload, queued.qos)
     return session, kept, left_out
 
 

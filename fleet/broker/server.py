@@ -17,10 +17,11 @@ from amqtt.contexts import Action
 
 from fleet.acl import Policy, PolicyError, load_policy
 from fleet.authority import Authority
+from fleet.broker.amqtt_adapter import LISTENER, check_version
 from fleet.broker.backend import Audit, Backend
 from fleet.broker.connection import Connection, Connections
 from fleet.broker.engine import FleetBroker
-from fleet.broker.gate import LISTENER, Gate
+from fleet.broker.gate import Gate
 from fleet.broker.health import BrokerMetrics, HealthServer, listening_socket
 from fleet.broker.listener import TLSListener
 from fleet.broker.persistence import Store
@@ -97,7 +98,9 @@ class RunningServer:
 async def start(settings: Settings, *, host: str, port: int) -> RunningServer:
     """Start the broker on *host*:*port* (0 picks a free port), and /metrics and /healthz on
     *host*:broker.metrics_port unless it is -1 (0 picks a free port, one in use is a
-    ConfigError)."""
+    ConfigError). Refuses an amqtt other than the one fleet.broker.amqtt_adapter was written
+    for."""
+    check_version()
     quiet = logging.getLogger("amqtt")  # its per-connection chatter, unless configured
     if quiet.level == logging.NOTSET:
         quiet.setLevel(logging.ERROR)

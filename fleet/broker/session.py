@@ -1,13 +1,7 @@
-"""amqtt sessions without a ``transitions`` state machine per client, and what a session
-holds: the QoS 1 and 2 deliveries the broker writes itself, the messages queued while it is
-offline and the inbound QoS 2 messages it has not released, each counted in its
-:class:`~fleet.broker.quotas.Budget`; and when a persistent session whose client stays away
-expires (:class:`Away`).
-
-Stock ``amqtt.session.Session`` builds a ``transitions.Machine`` for every client: about
-0.4 ms of CPU and 23 KiB per session, for three states. :class:`FleetSession` keeps the same
-states and the same interface amqtt's broker uses (``state``, ``connect()``,
-``disconnect()``, ``is_connected()``) as a plain attribute.
+"""What a session holds besides amqtt's own state (fleet.broker.amqtt_adapter.FleetSession):
+the inbound QoS 2 messages it has not released (:class:`Unreleased`), small queues
+(:class:`Mailbox`), and when a persistent session whose client stays away expires
+(:class:`Away`).
 """
 
 from __future__ import annotations
@@ -15,21 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
-
-from amqtt.mqtt.protocol import broker_handler
-from amqtt.mqtt.publish import PublishPacket
-from amqtt.mqtt.pubrel import PubrelPacket
-from amqtt.session import ApplicationMessage, OutgoingApplicationMessage, Session
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from fleet.broker.quotas import Budget, weight
 
-SENT = PublishPacket()
-"""``publish_packet`` of an outgoing QoS 1/2 message written by the broker itself (every one
-is: amqtt's protocol handler only runs the inbound QoS 2 flow)."""
-
-RELEASED = PubrelPacket()
-"""``pubrel_packet`` of an outgoing QoS 2 message once its PUBREC arrived and PUBREL went out."""
+if TYPE_CHECKING:
+    from fleet.broker.amqtt_adapter import FleetSession
 
 T = TypeVar("T")
 
@@ -80,29 +65,6 @@ class Mailbox(Generic[T]):
     def __iter__(self) -> Iterator[T]:
         """What it holds, oldest first (left in place)."""
         return iter(list(self._items))
-
-
-class SessionStates:
-    """new -> connected <-> disconnected, as amqtt's Session machine defines them."""
-
-    __slots__ = ("_session", "state")
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self.state = "new"
-
-    def connect(self) -> None:
-        if self.state == "connected":
-            raise ValueError("session is already connected")  # amqtt expects this on takeover
-        self.state = "connected"
-        self._session._on_enter_connected()
-
-    def disconnect(self) -> None:
-        self.state = "disconnected"
-        self._session._on_enter_disconnected()
-
-    def is_connected(self) -> bool:
-        return self.state == "connected"
 
 
 class Unreleased:
@@ -180,13 +142,13 @@ class Away:
 
     __slots__ = ("_after", "_expire", "_sessions", "_timer")
 
-    def __init__(self, *, after: float, expire: Callable[[str, Session], None]) -> None:
+    def __init__(self, *, after: float, expire: Callable[[str, FleetSession], None]) -> None:
         self._after = after
         self._expire = expire
-        self._sessions: OrderedDict[str, tuple[float, Session]] = OrderedDict()
+        self._sessions: OrderedDict[str, tuple[float, FleetSession]] = OrderedDict()
         self._timer: asyncio.TimerHandle | None = None
 
-    def left(self, client_id: str, session: Session, *, away_for: float = 0.0) -> None:
+    def left(self, client_id: str, session: FleetSession, *, away_for: float = 0.0) -> None:
         """The client of *session* went away (*away_for* seconds ago: a session restored
         after a restart; those are handed in longest away first): its session expires once
         the period has passed."""
@@ -219,58 +181,3 @@ class Away:
                 return
             del self._sessions[client_id]
             self._expire(client_id, session)
-
-
-class FleetSession(Session):  # type: ignore[misc]  # amqtt is untyped
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.retained_messages: Mailbox[ApplicationMessage] = Mailbox()  # offline queue
-        self.budget = Budget()
-        self.unreleased = Unreleased(self.budget)
-
-    def _init_states(self) -> None:
-        self.transitions = SessionStates(self)
-
-    def sent(self, message: OutgoingApplicationMessage) -> None:
-        """The broker wrote *message* (QoS 1 or 2): held until acknowledged."""
-        message.publish_packet = SENT
-        self.inflight_out[message.packet_id] = message
-        self.budget.add(weight(message.topic, message.data))
-
-    def complete(self, packet_id: int) -> None:
-        """The delivery *packet_id* is acknowledged (or given up): no longer held."""
-        message = self.inflight_out.pop(packet_id, None)
-        if message is not None:
-            self.budget.remove(weight(message.topic, message.data))
-
-    def queue(self, message: ApplicationMessage) -> None:
-        """Keep *message* for this offline session (MQTT-3.1.2-5)."""
-        self.retained_messages.put_nowait(message)
-        self.budget.add(weight(message.topic, message.data))
-
-    def dequeue(self) -> ApplicationMessage | None:
-        """The oldest message queued while offline, no longer held; None when there is none."""
-        if self.retained_messages.empty():
-            return None
-        message = self.retained_messages.get_nowait()
-        self.budget.remove(weight(message.topic, message.data))
-        return message
-
-    def clear_queues(self) -> None:
-        """The session is discarded: drop everything it holds, and its QoS 2 timer."""
-        super().clear_queues()
-        self.inflight_out.clear()
-        self.unreleased.clear()
-        self.budget.clear()
-
-
-def outgoing(session: Session, packet_id: int) -> OutgoingApplicationMessage | None:
-    """The broker's own in-flight delivery *packet_id* of *session*, if there is one."""
-    message = session.inflight_out.get(packet_id)
-    return message if message is not None and message.publish_packet is SENT else None
-
-
-def install() -> None:
-    """Make amqtt's CONNECT handling (``BrokerProtocolHandler.init_from_connect``) create
-    :class:`FleetSession` objects."""
-    broker_handler.Session = FleetSession

@@ -1,9 +1,17 @@
-"""What Fleet relies on in amqtt beyond its documented API."""
+"""What Fleet relies on in amqtt beyond its documented API (fleet.broker.amqtt_adapter)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
+
+import pytest
+
+from fleet.broker import amqtt_adapter
+from fleet.broker.server import start
+from fleet.settings import Settings
 
 from .conftest import Enroll
 from .helpers import BrokerThread, Clients, Credentials, connect_packet, read_connack, tls_socket
@@ -52,3 +60,26 @@ def test_amqtt_topic_check_is_never_reached(enroll: Enroll,
         assert (message.topic, message.payload) == ("devices/d2/state", b"gone")
         assert monitor.receive(timeout=0.3) is None  # d1's PUBLISH to d2's topic was dropped
     assert reached == []
+
+
+def test_version_check_accepts_the_release_it_was_written_for() -> None:
+    assert metadata.version("amqtt") == amqtt_adapter.AMQTT_VERSION == "0.12.1"
+    amqtt_adapter.check_version()
+
+
+@pytest.mark.parametrize("installed", ["0.12.0", "0.12.2", "0.13.0", "1.0.0"])
+def test_version_check_refuses_another_release(installed: str) -> None:
+    with pytest.raises(amqtt_adapter.AmqttVersionError) as refused:
+        amqtt_adapter.check_version(installed)
+    assert str(refused.value).startswith(f"amqtt {installed} is installed, but Fleet's broker "
+                                         "is written for amqtt 0.12.1")
+
+
+def test_broker_refuses_to_start_on_another_amqtt(settings: Settings,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The installed distribution's version is asked at start, before anything is opened."""
+    version = metadata.version
+    monkeypatch.setattr(metadata, "version",
+                        lambda name: "0.13.0" if name == "amqtt" else version(name))
+    with pytest.raises(amqtt_adapter.AmqttVersionError, match=r"^amqtt 0\.13\.0 is installed"):
+        asyncio.run(start(settings, host="127.0.0.1", port=0))

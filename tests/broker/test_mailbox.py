@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from fleet.broker.session import FleetSession, Mailbox
+from fleet.broker.amqtt_adapter import FleetSession
+from fleet.broker.session import Mailbox
 
 
 def test_items_come_out_in_order_without_waiting() -> None:

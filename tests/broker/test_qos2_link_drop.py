@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from fleet.broker.session import FleetSession
+from fleet.broker.amqtt_adapter import FleetSession
 
 from .conftest import Enroll
 from .helpers import BrokerThread, Client, Clients, Credentials, wait_until
@@ -75,11 +75,10 @@ class Flow:
     def broker_released_outbound(self) -> None:
         """Wait until the broker has its PUBREC for the delivery (and sent PUBREL)."""
         assert self.broker.wait_for(lambda: any(
-            message.pubrel_packet is not None
-            for message in self._session().inflight_out.values()))
+            flight.released for flight in self._session().inflight()))
 
     def broker_idle(self) -> bool:
-        return self.broker.wait_for(lambda: not self._session().inflight_out
+        return self.broker.wait_for(lambda: not self._session().inflight()
                                     and not len(self._session().unreleased))
 
 

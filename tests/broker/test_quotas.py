@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from fleet.broker.amqtt_adapter import FleetSession
 from fleet.broker.quotas import QUEUE, Budget, Quotas, RetainedLedger, pinned_bytes, weight
-from fleet.broker.session import FleetSession, Unreleased
+from fleet.broker.session import Unreleased
 from fleet.settings import Settings
 
 

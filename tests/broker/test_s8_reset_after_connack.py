@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import paho.mqtt.client as mqtt
 import pytest
 
-from fleet.broker.engine import Handler
+from fleet.broker.amqtt_adapter import Handler
 
 from .conftest import Enroll, StartBroker
 from .helpers import BrokerThread, Client, Clients, Credentials, wait_until
