@@ -32,13 +32,14 @@ from sqlalchemy.exc import IntegrityError
 
 from fleet import pki
 from fleet.audit import actor_of
-from fleet.authority import Authority, Issued, serial_hex
+from fleet.authority import Authority, Issued, ManufacturerCredential, serial_hex
 from fleet.errors import (
     AuthenticationError,
     ConflictError,
     FleetError,
     IdentityError,
     InvalidTokenError,
+    ManufacturerCertificateError,
     PKIError,
 )
 from fleet.logs import fields
@@ -172,13 +173,18 @@ class EstService:
     # -- enrollment -------------------------------------------------------------------------
 
     async def simpleenroll(self, request: web.Request) -> web.Response:
-        """RFC 7030 4.2.1: a bootstrap token (Basic password or Bearer) authorizes the CSR.
+        """RFC 7030 4.2.1: a bootstrap token (Basic password or Bearer) authorizes the CSR;
+        without an Authorization header, a manufacturer certificate presented in the TLS
+        handshake does (fleet.authority.manufacturer).
 
         Failed authentications are throttled per source and token id, so neither another
         token nor a renewal from the same address is refused because of them.
         """
         group = self.group_of(request)
         source, actor = _source(request)
+        certificate = auth.peer_certificate(request.transport)
+        if certificate is not None and not request.headers.get(hdrs.AUTHORIZATION):
+            return await self._enroll_manufacturer(request, certificate, group)
         key: AuthKey = (source, None)
         device_id: str | None = None
         try:
@@ -199,6 +205,29 @@ class EstService:
             # from a caller holding a real token (used, expired, of another group...).
             return self._refused("simpleenroll", error, source, failed=key,
                                  verified=not isinstance(error, InvalidTokenError | PKIError))
+        return self._issued("simpleenroll", issued)
+
+    async def _enroll_manufacturer(self, request: web.Request, certificate: x509.Certificate,
+                                   group: str | None) -> web.Response:
+        """RFC 7030 3.3.2: simpleenroll authenticated by the TLS client certificate alone, a
+        manufacturer certificate (IDevID) a registered vendor vouches for. Failures to verify
+        it are throttled per source like bad tokens."""
+        source, actor = _source(request)
+        key: AuthKey = (source, None)
+        request[SUBJECT] = self._presented(certificate)
+        try:
+            self.limiter.check(key)
+            csr = await self._csr(request)
+        except FleetError as error:
+            self.authority.refused_unverified("enroll", error, actor=actor)
+            return self._refused("simpleenroll", error, source, failed=key)
+        credential = ManufacturerCredential(certificate, auth.tls_unique(request.transport))
+        try:
+            issued = await self._issue("enroll", self.authority.enroll_manufacturer, actor,
+                                       credential=credential, csr=csr, group=group)
+        except FleetError as error:
+            return self._refused("simpleenroll", error, source, failed=key,
+                                 verified=not isinstance(error, ManufacturerCertificateError))
         return self._issued("simpleenroll", issued)
 
     async def simplereenroll(self, request: web.Request) -> web.Response:

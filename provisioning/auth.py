@@ -58,19 +58,33 @@ def token_credential(authorization: str | None) -> TokenCredential:
     raise AuthenticationError("unsupported Authorization scheme: use Basic or Bearer")
 
 
+def _ssl_object(transport: asyncio.BaseTransport | None) -> ssl.SSLObject | ssl.SSLSocket | None:
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    return ssl_object if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket) else None
+
+
 def peer_certificate(transport: asyncio.BaseTransport | None) -> x509.Certificate | None:
     """The client certificate the TLS handshake verified, if the client presented one.
 
-    The server context verifies any presented certificate against the fleet CA during the
-    handshake, so a certificate seen here has already chained to it.
+    The server context verifies any presented certificate during the handshake against the
+    fleet CA or a registered vendor's CA (provisioning.tls); the policy decides again which:
+    a renewal verifies the signature with Fleet's issuing CA, the service hooks admit only a
+    certificate the registry holds (by its SHA-256 fingerprint), and a manufacturer
+    certificate is verified against its vendor's CAs.
     """
-    if transport is None:
-        return None
-    ssl_object = transport.get_extra_info("ssl_object")
-    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
-        return None
-    der = ssl_object.getpeercert(binary_form=True)
+    ssl_object = _ssl_object(transport)
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     return x509.load_der_x509_certificate(der) if der else None
+
+
+def tls_unique(transport: asyncio.BaseTransport | None) -> bytes | None:
+    """The session's tls-unique channel binding (RFC 5929 3) under TLS 1.2; None under TLS
+    1.3, which defines none (RFC 8446 C.5): Python's ssl would hand back its Finished message,
+    which binds nothing RFC 7030 3.5 can rely on, and offers no exporter (RFC 9266)."""
+    ssl_object = _ssl_object(transport)
+    if ssl_object is None or ssl_object.version() != "TLSv1.2":
+        return None
+    return ssl_object.get_channel_binding("tls-unique")
 
 
 def missing_certificate() -> AuthenticationError:

@@ -33,7 +33,7 @@ from provisioning.app import EST_ROOT, EstService, build_app
 from provisioning.connections import Listener, Timeouts
 from provisioning.limits import Occupancy
 from provisioning.metrics import Metrics
-from provisioning.tls import server_context
+from provisioning.tls import VendorTrust, server_context
 
 log = logging.getLogger("provisioning")
 
@@ -46,6 +46,8 @@ handler (which sleeps 1-100 ms between attempts) and contend for the GIL.
 LISTEN_BACKLOG = 1024
 SHUTDOWN_SECONDS = 5.0
 WORKER_START_SECONDS = 60.0
+VENDOR_REFRESH_SECONDS = 2.0
+"""How soon a vendor registered while the service runs is trusted in its handshakes."""
 READY = "ready"
 
 
@@ -100,6 +102,9 @@ async def start(settings: Settings, *, host: str, port: int,
     runner = web.AppRunner(build_app(service), shutdown_timeout=SHUTDOWN_SECONDS)
     listener: Listener | None = None
     metrics_server: MetricsServer | None = None
+    vendors = VendorTrust(context)
+    await _trust_vendors(service, vendors)
+    following = asyncio.create_task(_follow_vendors(service, vendors))
     digest.start(flush)
     try:
         await runner.setup()
@@ -126,12 +131,14 @@ async def start(settings: Settings, *, host: str, port: int,
                 before_scrape=lambda: metrics.registry_state.refresh(service.call, engine))
             await metrics_server.start()
     except BaseException:
+        following.cancel()
         await _stop(listener, runner, digest, flush)
         executor.shutdown(wait=False)
         engine.dispose()
         raise
 
     async def close() -> None:
+        following.cancel()
         if metrics_server is not None:
             await metrics_server.close()
         await _stop(listener, runner, digest, flush)
@@ -141,6 +148,23 @@ async def start(settings: Settings, *, host: str, port: int,
     log.info("EST service on %s:%d (metrics: %s)", host, bound,
              metrics_server.url if metrics_server is not None else "off")
     return RunningServer(port=bound, metrics=metrics_server, refusals=digest, close=close)
+
+
+async def _trust_vendors(service: EstService, vendors: VendorTrust) -> None:
+    """Trust the CAs of vendors registered since the last call in the handshake."""
+    try:
+        added = vendors.add(await service.call(service.authority.vendor_ca_certificates))
+    except FleetError as exc:  # the registry is down: the next round tries again
+        log.debug("vendor CAs not refreshed: %s", exc.message)
+        return
+    if added:
+        log.info("trusting %d more vendor CA certificate(s) for enrollment", added)
+
+
+async def _follow_vendors(service: EstService, vendors: VendorTrust) -> None:
+    while True:
+        await asyncio.sleep(VENDOR_REFRESH_SECONDS)
+        await _trust_vendors(service, vendors)
 
 
 async def _stop(listener: Listener | None, runner: web.AppRunner, digest: RefusalDigest,
