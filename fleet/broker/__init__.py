@@ -4,7 +4,7 @@ amqtt broker with Fleet's plugins, and a revocation watcher.
     listener.TLSListener     accept, cap open and pending connections (pending.py), TLS
         |                    handshake (CERT_REQUIRED, fleet CA) under a deadline
     gate.Gate                read the first packet itself: CONNECT checks, registry admission,
-        |                    will policy; refuse with CONNACK, or replay the CONNECT into amqtt
+        |                    will policy; refuse with CONNACK, or hand the parsed CONNECT to amqtt
     engine.FleetBroker       amqtt, with sessions bound to the live connection, the topic
                              policy of the connection on publish, subscribe and every delivery;
                              amqtt's internals only through amqtt_adapter.py (version checked)

@@ -10,9 +10,12 @@ attributes plugins see (``client_id``, ``attributes``, ``will_*``, ``clean_sessi
 Private, and why Fleet needs it:
 
 - ``Broker._initialize_client_session``: the session of a connection is made or resumed by
-  Fleet (:meth:`AmqttBroker.session_for`) and bound to the live connection, which the gate
-  admitted; stock amqtt resumed any session of the client id, with its old TLS object (S1, S2,
-  S6 in docs/broker-security.md), and kept its own keep-alive timer (S5).
+  Fleet (:meth:`AmqttBroker.session_for`) from the CONNECT the gate parsed
+  (fleet.broker.packets.Connect), and bound to the live connection the gate admitted. amqtt's
+  ``BrokerProtocolHandler.init_from_connect`` is not called: amqtt never parses the CONNECT,
+  so it cannot be understood two ways. Stock amqtt resumed any session of the client id, with
+  its old TLS object (S1, S2, S6 in docs/broker-security.md), and kept its own keep-alive
+  timer (S5).
 - ``Broker._handle_client_session``: stock replays every retained message for every filter of
   every session (S3, and O(all filters)) and lets the handler retry deliveries for 5 s; here
   Fleet resends its own in-flight deliveries before anything new (MQTT-4.4.0-1), the CONNACK
@@ -32,8 +35,6 @@ Private, and why Fleet needs it:
 - ``BrokerProtocolHandler``: ``start`` (the disconnect waiter exists before the reader, S8),
   its queues of pending SUBSCRIBE / UNSUBSCRIBE packets (a :class:`Mailbox` each), and
   ``_retry_deliveries`` (off: Fleet resends).
-- ``amqtt.mqtt.protocol.broker_handler.Session``: replaced by :class:`FleetSession`, so amqtt's
-  CONNECT handling makes Fleet's sessions.
 - ``Session``: ``_init_states`` (no ``transitions`` machine per client), ``inflight_out`` with
   ``OutgoingApplicationMessage`` (``publish_packet`` / ``pubrel_packet`` mark Fleet's own
   deliveries and their PUBREL), ``retained_messages`` (the offline queue),
@@ -53,7 +54,6 @@ from typing import Any, NamedTuple
 from amqtt.adapters import ReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.errors import BrokerError, MQTTError
-from amqtt.mqtt.protocol import broker_handler
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.protocol.handler import ProtocolHandler
 from amqtt.mqtt.publish import PublishPacket
@@ -61,6 +61,7 @@ from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.session import OutgoingApplicationMessage, Session
 
 from fleet.broker.connection import Connection, ConnectionReader
+from fleet.broker.packets import Connect
 from fleet.broker.quotas import Budget, weight
 from fleet.broker.session import Mailbox, Unreleased
 from fleet.broker.subscriptions import SubscriptionTable
@@ -173,6 +174,27 @@ class FleetSession(Session):  # type: ignore[misc]  # amqtt is untyped
         self.unreleased = Unreleased(self.budget)
 
     @classmethod
+    def connecting(cls, connect: Connect) -> FleetSession:
+        """A new session for *connect* (``parent`` 0: CONNACK session present 0)."""
+        session = cls()
+        session.client_id = connect.client_id
+        session.clean_session = connect.clean_session
+        session._take(connect)
+        return session
+
+    def resume(self, connect: Connect) -> None:
+        """*connect* resumes this session (``parent`` 1: CONNACK session present 1)."""
+        self._take(connect)
+        self.parent = 1
+
+    def _take(self, connect: Connect) -> None:
+        """The will and user name are those of the CONNECT that holds the session now."""
+        self.will_flag = connect.will_topic is not None
+        self.will_topic, self.will_message = connect.will_topic, connect.will_message
+        self.will_qos, self.will_retain = connect.will_qos, connect.will_retain
+        self.username = connect.username
+
+    @classmethod
     def restored(cls, client_id: str) -> FleetSession:
         """A persistent session read back after a restart, its client away."""
         session = cls()
@@ -267,9 +289,11 @@ class FleetSession(Session):  # type: ignore[misc]  # amqtt is untyped
 class ConnectionWriter(StreamWriterAdapter):  # type: ignore[misc]
     """amqtt's writer, carrying the connection it belongs to."""
 
-    def __init__(self, writer: asyncio.StreamWriter, connection: Connection) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, connection: Connection,
+                 connect: Connect) -> None:
         super().__init__(writer)
         self.connection = connection
+        self.connect: Connect | None = connect  # until the session is made from it
         connection.stream = writer
 
 
@@ -301,20 +325,21 @@ class AmqttBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
 
     def __init__(self, config: dict[str, Any],
                  subscriptions: SubscriptionTable[FleetSession]) -> None:
-        broker_handler.Session = FleetSession  # what init_from_connect makes
         super().__init__(config)
         self._subscriptions = subscriptions
 
     async def connected(self, reader: ConnectionReader, writer: asyncio.StreamWriter,
-                        connection: Connection) -> None:
-        """Run the admitted *connection* in amqtt until it ends."""
-        await self.external_connected(reader, ConnectionWriter(writer, connection), LISTENER)
+                        connection: Connection, connect: Connect) -> None:
+        """Run the admitted *connection*, whose CONNECT the gate read (*connect*), in amqtt
+        until it ends."""
+        await self.external_connected(reader, ConnectionWriter(writer, connection, connect),
+                                      LISTENER)
 
     # -- what Fleet's broker answers -----------------------------------------------------
 
     @abstractmethod
-    async def session_for(self, incoming: FleetSession) -> FleetSession:
-        """The session a CONNECT (*incoming*) creates or resumes."""
+    async def session_for(self, connect: Connect) -> FleetSession:
+        """The session *connect* creates or resumes."""
 
     @abstractmethod
     def claimed(self, session: FleetSession, connection: Connection,
@@ -394,17 +419,18 @@ class AmqttBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int,
     ) -> tuple[BrokerProtocolHandler, FleetSession]:
-        """Read the CONNECT (the gate's replay) and create or resume the session for it."""
-        handler, incoming = await Handler.init_from_connect(reader, writer,
-                                                            self.plugins_manager)
-        handler._pending_subscriptions = Mailbox()
-        handler._pending_unsubscriptions = Mailbox()
-        connection = writer.connection if isinstance(writer, ConnectionWriter) else None
-        if connection is None or not isinstance(reader, ConnectionReader) \
-                or connection.client_id != incoming.client_id:
+        """Create or resume the session for the CONNECT the gate parsed."""
+        connect = writer.connect if isinstance(writer, ConnectionWriter) else None
+        if connect is None or not isinstance(reader, ConnectionReader) \
+                or writer.connection.client_id != connect.client_id:
             await writer.close()
             raise MQTTError("connection did not pass the CONNECT gate")
-        session = await self.session_for(incoming)
+        writer.connect = None
+        connection = writer.connection
+        handler = Handler(self.plugins_manager)
+        handler._pending_subscriptions = Mailbox()
+        handler._pending_unsubscriptions = Mailbox()
+        session = await self.session_for(connect)
         # The session now belongs to this live connection, never to what a former one left.
         session.ssl_object = writer.get_ssl_info()
         session.remote_address, session.remote_port = remote_address, remote_port

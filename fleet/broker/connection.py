@@ -301,8 +301,8 @@ def _discard(index: dict[Any, set[Connection]], key: Any, connection: Connection
 
 
 class ConnectionReader:
-    """amqtt's view of the stream (an amqtt ReaderAdapter, fleet.broker.amqtt_adapter): the
-    CONNECT the gate already read, then the socket.
+    """amqtt's view of the stream after the CONNECT, which the gate read (an amqtt
+    ReaderAdapter, fleet.broker.amqtt_adapter).
 
     The reader keeps track of packet boundaries. Every PUBLISH, its PUBREL, and PUBACK,
     PUBREC and PUBCOMP for the deliveries the broker writes (all outgoing QoS 1 and 2 ones)
@@ -319,15 +319,13 @@ class ConnectionReader:
     sent.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, connection: Connection, *, replay: bytes,
+    def __init__(self, reader: asyncio.StreamReader, connection: Connection, *,
                  max_packet_bytes: int, on_violation: OnViolation) -> None:
         self._reader = reader
         self._connection = connection
-        self._data = replay
+        self._data = b""
         self._position = 0
-        # Bytes of the packet amqtt is reading that it has not read yet: first the CONNECT,
-        # which the gate has parsed strictly.
-        self._left = len(replay)
+        self._left = 0  # bytes of the packet amqtt is reading that it has not read yet
         self._max = max_packet_bytes
         self._on_violation = on_violation
         self.receiver: Receiver | None = None  # attached by the broker with the session

@@ -22,9 +22,9 @@ What changes against stock amqtt 0.12.1 (S1-S8 are listed in docs/broker-securit
   PUBCOMP) takes a short path: ConnectionReader parses it and calls :meth:`receive`,
   :meth:`hold` or :meth:`release`; an inbound QoS 2 message waits in the session until its
   PUBREL or ``qos2_release_timeout``, across connections. Every QoS 1 and 2 delivery is
-  written here and tracked in the session's ``inflight_out``. SUBSCRIBE, UNSUBSCRIBE,
+  written here and held by the session (``FleetSession.sent``). SUBSCRIBE, UNSUBSCRIBE,
   PINGREQ and DISCONNECT go through amqtt's protocol handler;
-- a QoS 1 delivery stays in ``inflight_out`` until its PUBACK arrives, a QoS 2 delivery until
+- a QoS 1 delivery is held until its PUBACK arrives, a QoS 2 delivery until
   its PUBCOMP, across connections: when a persistent session resumes, an unacknowledged
   PUBLISH is sent again, DUP set and with the same packet identifier, and a PUBREL whose
   PUBCOMP is missing is sent again, before anything new (MQTT-4.4.0-1). amqtt's own retry,
@@ -63,6 +63,7 @@ from fleet.broker import packets
 from fleet.broker.amqtt_adapter import AmqttBroker, FleetSession
 from fleet.broker.connection import Connection, ConnectionReader, connection_of
 from fleet.broker.health import BrokerMetrics
+from fleet.broker.packets import Connect
 from fleet.broker.quotas import (
     MAX_FILTER_BYTES,
     MAX_FILTER_LEVELS,
@@ -108,9 +109,9 @@ class FleetBroker(AmqttBroker):
 
     # -- sessions ------------------------------------------------------------------------
 
-    async def session_for(self, incoming: FleetSession) -> FleetSession:
-        """The stored persistent session of *incoming*'s client id, resumed with the new
-        CONNECT's will (``parent`` 1: CONNACK session present); otherwise *incoming*, with
+    async def session_for(self, connect: Connect) -> FleetSession:
+        """The stored persistent session of *connect*'s client id, resumed with the new
+        CONNECT's will (``parent`` 1: CONNACK session present); otherwise a new session, with
         any stored session of that client id discarded.
 
         A clean session lasts only as long as its connection (MQTT-3.1.2-6): one still stored
@@ -118,18 +119,13 @@ class FleetBroker(AmqttBroker):
         CONNECT asks for (stock amqtt resumed it, clean_session flag and all, so the session
         was discarded again when the resuming connection ended).
         """
-        client_id = incoming.client_id
+        client_id = connect.client_id
         stored = self.stored(client_id)
-        if stored is None or incoming.clean_session or stored.clean_session:
+        if stored is None or connect.clean_session or stored.clean_session:
             if stored is not None:
                 await self.discard(client_id)
-            incoming.parent = 0
-            return incoming
-        stored.will_flag, stored.will_message = incoming.will_flag, incoming.will_message
-        stored.will_topic, stored.will_qos = incoming.will_topic, incoming.will_qos
-        stored.will_retain = incoming.will_retain
-        stored.username, stored.password = incoming.username, incoming.password
-        stored.parent = 1
+            return FleetSession.connecting(connect)
+        stored.resume(connect)
         return stored
 
     def claimed(self, session: FleetSession, connection: Connection,

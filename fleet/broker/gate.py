@@ -13,8 +13,9 @@ the CONNACK its check names.
 
 Every refusal is audited (the certificate is verified: one event each). An admitted connection
 replaces an earlier connection of the same client id (MQTT-3.1.4-2), is dropped when its
-certificate expires or after 1.5 x keep-alive of silence (S5), and its CONNECT bytes are
-replayed into amqtt. When its certificate or its client id is already connected from another
+certificate expires or after 1.5 x keep-alive of silence (S5), and the CONNECT parsed here
+is handed to amqtt: fleet.broker.amqtt_adapter makes the session from it, and amqtt never
+parses it again. When its certificate or its client id is already connected from another
 address, the gate audits ``broker.shared`` naming both (``fleet health`` reports it: a copied
 key, or a device that moved while its old connection lingered). A later packet that breaks
 MQTT 3.1.1 (fleet.broker.conformance) closes the connection and is audited as
@@ -176,8 +177,7 @@ class Gate:
         holder = self._connections.holder(client_id)
         if holder is not None:
             return holder.identity
-        stored = self._broker.sessions.get(client_id)
-        connection = connection_of(stored[0]) if stored is not None else None
+        connection = connection_of(self._broker.stored(client_id))
         return connection.identity if connection is not None else None
 
     async def _refuse(self, connection: Connection, writer: asyncio.StreamWriter,
@@ -215,10 +215,9 @@ class Gate:
         connection.watch_keep_alive(connect.keep_alive, self._idle)
         try:
             await self._broker.connected(
-                ConnectionReader(reader, connection, replay=connect.raw,
-                                 max_packet_bytes=self._max_packet,
+                ConnectionReader(reader, connection, max_packet_bytes=self._max_packet,
                                  on_violation=self._violated),
-                writer, connection)
+                writer, connection, connect)
         except Exception:
             log.exception("amqtt failed on %s", connection)
         finally:

@@ -3,8 +3,9 @@ reads and parses strictly, and the packets the broker writes itself (CONNACK, PU
 acknowledgements PUBACK, PUBREC, PUBREL, PUBCOMP). fleet.broker.conformance checks the packets
 a client sends after its CONNECT with it; fleet.broker.connection reads them.
 
-The CONNECT gate parses the first packet strictly before amqtt sees a byte of it; amqtt later
-parses the very same bytes, so both read the same client id, will and flags.
+The CONNECT is parsed once, here, by the gate: the session amqtt runs is made from its
+:class:`Connect` (fleet.broker.amqtt_adapter) and amqtt never reads the CONNECT's bytes, so no
+second parser can understand one CONNECT another way.
 """
 
 from __future__ import annotations
@@ -50,9 +51,8 @@ class Violation(ProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class Connect:
-    """A parsed CONNECT packet (3.1) and the exact bytes it came in."""
+    """A parsed CONNECT packet (3.1)."""
 
-    raw: bytes
     client_id: str
     clean_session: bool
     keep_alive: int
@@ -171,7 +171,7 @@ def parse_connect(raw: bytes) -> Connect:
         cursor.binary()
     if cursor.offset != len(raw):
         raise ProtocolError("CONNECT has trailing bytes")
-    return Connect(raw=raw, client_id=client_id, clean_session=bool(flags & 0x02),
+    return Connect(client_id=client_id, clean_session=bool(flags & 0x02),
                    keep_alive=keep_alive, will_topic=will_topic, will_message=will_message,
                    will_qos=will_qos, will_retain=will_retain, username=username)
 

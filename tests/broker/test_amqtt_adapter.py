@@ -8,13 +8,23 @@ from importlib import metadata
 from typing import Any
 
 import pytest
+from amqtt.mqtt.connect import ConnectPacket
 
 from fleet.broker import amqtt_adapter
 from fleet.broker.server import start
 from fleet.settings import Settings
 
 from .conftest import Enroll
-from .helpers import BrokerThread, Clients, Credentials, connect_packet, read_connack, tls_socket
+from .helpers import (
+    BrokerThread,
+    Clients,
+    Credentials,
+    connect_packet,
+    read_connack,
+    tls_socket,
+    wait_until,
+)
+from .quota_helpers import read_packet
 
 REFUSED = 0x80
 
@@ -83,3 +93,44 @@ def test_broker_refuses_to_start_on_another_amqtt(settings: Settings,
                         lambda name: "0.13.0" if name == "amqtt" else version(name))
     with pytest.raises(amqtt_adapter.AmqttVersionError, match=r"^amqtt 0\.13\.0 is installed"):
         asyncio.run(start(settings, host="127.0.0.1", port=0))
+
+
+def test_connect_is_parsed_once_by_the_gate(enroll: Enroll,
+                                            issue_service: Callable[[str], Credentials],
+                                            broker: BrokerThread,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """amqtt never reads a CONNECT: the session (client id, clean session, will) is made from
+    the gate's parse, for a new session and a resumed one."""
+    parsed: list[object] = []
+
+    async def second_parse(*args: object, **kwargs: object) -> None:
+        parsed.append(args)
+        raise AssertionError("amqtt parsed a CONNECT")
+
+    monkeypatch.setattr(ConnectPacket, "from_stream", second_parse)
+    credentials = enroll("d1")
+    with Clients(broker) as clients:
+        monitor = clients.connect(issue_service("monitor"))
+        assert monitor.subscribe("devices/+/state") == [1]
+        first = clients.connect(credentials, clean_session=False)
+        assert first.session_present is False
+        first.close()
+        assert wait_until(lambda: broker.connection_count() == 1)
+        with tls_socket(broker.port, credentials) as sock:
+            sock.sendall(connect_packet("d1", flags=0,  # clean session 0, a retained will
+                                        will=("devices/d1/state", b"resumed, then gone")))
+            assert read_packet(sock) == bytes((0x20, 0x02, 0x01, 0x00))  # session present
+            assert broker.run(lambda: stored_will(broker)) == (
+                "devices/d1/state", b"resumed, then gone", True, False, 1)
+        message = monitor.receive()  # the socket closed without DISCONNECT
+        assert message is not None
+        assert (message.topic, message.payload) == ("devices/d1/state", b"resumed, then gone")
+    assert parsed == []
+
+
+def stored_will(broker: BrokerThread) -> tuple[object, ...]:
+    """d1's will (topic, message, retain), clean session flag and ``parent`` (1: resumed)."""
+    assert broker.server is not None
+    session = broker.server.broker.sessions["d1"][0]
+    return (session.will_topic, session.will_message, session.will_retain,
+            session.clean_session, session.parent)
