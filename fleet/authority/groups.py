@@ -2,7 +2,8 @@
 
 Like AWS IoT thing groups: ``fleet group create`` declares one, tokens are minted for
 declared groups only (and so devices enroll into declared groups only), EST labels must point
-at declared groups, and a group is deleted only when no device and no live token is in it.
+at declared groups, and a group is deleted only when no device, no live token and no vendor
+(``fleet vendor add --group``) is in it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fleet.errors import ConfigError, ConflictError, UnknownGroupError
 from fleet.registry import groups as groups_db
 from fleet.registry import session as new_session
 from fleet.registry import unavailable_as_error
+from fleet.registry import vendors as vendors_db
 from fleet.registry.groups import Lock
 from fleet.registry.models import Group
 
@@ -60,8 +62,8 @@ class GroupPolicy(AuthorityCore):
         return group
 
     def delete_group(self, *, name: str, actor: str) -> Group:
-        """Delete a group nothing is in: no device (whatever its status) and no token that
-        could still enroll one."""
+        """Delete a group nothing is in: no device (whatever its status), no token that
+        could still enroll one and no vendor whose devices enroll into it."""
         with self._audited("group.delete", actor=actor) as session:
             group = require_group(session, name, lock="update")
             members = groups_db.members(session=session, now=self.clock(), group=name).get(name)
@@ -74,6 +76,12 @@ class GroupPolicy(AuthorityCore):
                     f"group {name} is not empty: {', '.join(held)}; revoke its tokens (fleet "
                     "token revoke) and delete its devices (fleet device delete) first",
                     group=name)
+            vendors = [vendor.name for vendor in vendors_db.list_vendors(session=session)
+                       if vendor.group == name]
+            if vendors:
+                raise ConflictError(
+                    f"group {name} is not empty: vendor {', '.join(vendors)} enrolls devices "
+                    "into it; remove the vendor first (fleet vendor remove NAME)", group=name)
             groups_db.delete_group(session=session, name=name)
             self.audit(session, action="group.delete", outcome="ok", actor=actor,
                        detail={"group": name})

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
+from device_sim.manufacturer import VendorCA
 from fleet.authority.groups import NAMES_SHOWN, require_label_groups
 from fleet.errors import (
     ConfigError,
@@ -96,6 +97,19 @@ def test_delete_refused_while_devices_are_in_it(fleet: Fleet) -> None:
             r"not empty: 1 active device\(s\), 1 pending device\(s\), 1 revoked device\(s\), "
             r"1 live token\(s\)")):
         fleet.authority.delete_group(name="sensors", actor="operator")
+
+
+def test_delete_refused_while_a_vendor_enrolls_into_it(fleet: Fleet) -> None:
+    fleet.authority.create_group(name="cameras", actor="operator")
+    fleet.authority.add_vendor(name="acme", ca_pem=VendorCA("Acme").pem().encode(),
+                               group="cameras", actor="operator")
+    with fleet.refused(ConflictError, "group.delete", match=(
+            r"^group cameras is not empty: vendor acme enrolls devices into it; remove the "
+            r"vendor first \(fleet vendor remove NAME\)$")):
+        fleet.authority.delete_group(name="cameras", actor="operator")
+    fleet.authority.remove_vendor(name="acme", actor="operator")
+    fleet.authority.delete_group(name="cameras", actor="operator")
+    assert declared(fleet) == ["sensors"]
 
 
 def test_delete_allowed_when_only_dead_tokens_name_it(fleet: Fleet) -> None:
