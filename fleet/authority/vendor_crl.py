@@ -81,6 +81,8 @@ def _fetch(url: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=URL_TIMEOUT_SECONDS) as response:  # noqa: S310
             data: bytes = response.read(MAX_CRL_BYTES + 1)
+    except urllib.error.HTTPError as exc:  # answered, but not with the CRL
+        raise OSError(f"HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise OSError(str(exc.reason)) from None
     if len(data) > MAX_CRL_BYTES:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import json
+import re
+import socket
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -217,6 +222,67 @@ def test_revoked_by_the_vendor_crl_is_refused(fleet: Fleet, acme: VendorCA,
     with fleet.refused(ManufacturerCertificateError, "enroll", match="revoked by vendor acme"):
         enroll(fleet, revoked, "SN-1")
     enroll(fleet, good, "SN-2")
+
+
+@pytest.fixture
+def crl_server() -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A real HTTP server on 127.0.0.1 publishing CRLs: (base URL, path -> DER it serves)."""
+    published: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = published.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Type", "application/pkix-crl")
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", published
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def test_revoked_by_the_vendor_crl_at_its_url_is_refused(
+    fleet: Fleet, acme: VendorCA, crl_server: tuple[str, dict[str, bytes]],
+) -> None:
+    base, published = crl_server
+    revoked, good = acme.issue("SN-1"), acme.issue("SN-2")
+    published["/acme.crl"] = acme.crl([revoked.certificate], next_update=timedelta(days=7))
+    register(fleet, acme, crl_url=f"{base}/acme.crl")
+    with fleet.refused(ManufacturerCertificateError, "enroll", match="revoked by vendor acme"):
+        enroll(fleet, revoked, "SN-1")
+    enroll(fleet, good, "SN-2")
+
+
+def test_unreachable_vendor_crl_url_refuses_the_enrollment(fleet: Fleet,
+                                                           acme: VendorCA) -> None:
+    """Fail closed: a CRL that cannot be fetched vouches for nothing."""
+    with socket.socket() as reserved:  # bound, not listening: connections are refused
+        reserved.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{reserved.getsockname()[1]}/acme.crl"
+        register(fleet, acme, crl_url=url)
+        with fleet.refused(ManufacturerCertificateError, "enroll", match=(
+                rf"^vendor acme's CRL cannot be read from {re.escape(url)}: "
+                r"\[Errno 111\] Connection refused$")):
+            enroll(fleet, acme.issue("SN-1"), "SN-1")
+    assert fleet.device("SN-1") is None
+
+
+def test_vendor_crl_url_serving_no_crl_refuses_the_enrollment(
+    fleet: Fleet, acme: VendorCA, crl_server: tuple[str, dict[str, bytes]],
+) -> None:
+    base, _ = crl_server
+    register(fleet, acme, crl_url=f"{base}/missing.crl")
+    with fleet.refused(ManufacturerCertificateError, "enroll",
+                       match=r"CRL cannot be read from .*/missing\.crl: HTTP 404 Not Found$"):
+        enroll(fleet, acme.issue("SN-1"), "SN-1")
 
 
 def test_out_of_date_vendor_crl_is_refused(fleet: Fleet, acme: VendorCA,
