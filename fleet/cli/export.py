@@ -5,22 +5,24 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import typer
 from sqlmodel import col, select
 
 from fleet import acl, pki
 from fleet.ca import Paths
-from fleet.cli.context import fleet_of
+from fleet.cli.context import Fleet, fleet_of
 from fleet.cli.destination import output_directory
 from fleet.cli.output import note, say
 from fleet.errors import CAError, ConflictError
 from fleet.files import write_private, write_public
 from fleet.integrations import emqx as emqx_config
 from fleet.integrations import mosquitto as mosquitto_config
+from fleet.integrations import rabbitmq as rabbitmq_config
 from fleet.registry.models import Certificate, CertificateStatus, Device, DeviceStatus
 
 app = typer.Typer(no_args_is_help=True, help="Configuration for other brokers, from Fleet's.")
@@ -81,16 +83,19 @@ def mosquitto(
          "--signal <Mosquitto's PID>")
 
 
+FleetUrl = Annotated[str | None, typer.Option(
+    "--fleet-url", metavar="URL", help="https://HOST:PORT of Fleet's provisioning service as "
+    "the broker reaches it (HOST must be a name of Fleet's server certificate).",
+    show_default="config, https://<first hostname>:<est.port>")]
+
+
 @app.command("emqx")
 def emqx(
     ctx: typer.Context,
     out: OutDir,
     port: Port = 8883,
     host: Host = "127.0.0.1",
-    fleet_url: Annotated[str | None, typer.Option(
-        "--fleet-url", metavar="URL", help="https://HOST:PORT of Fleet's provisioning "
-        "service as EMQX reaches it.", show_default="config, https://<first hostname>:"
-        "<est.port>")] = None,
+    fleet_url: FleetUrl = None,
     service_name: Annotated[str, typer.Option(
         "--service", help="Name of the service certificate EMQX presents to Fleet.")
                             ] = "emqx",
@@ -99,6 +104,77 @@ def emqx(
     """emqx.conf (HOCON), the CA chain, EMQX's server certificate and the service
     certificate it presents to Fleet's /emqx/authn and /emqx/authz."""
     fleet = fleet_of(ctx)
+    paths, url = _broker_of_fleet(fleet, fleet_url, service_name, broker="EMQX")
+    directory = output_directory(out, force=force)
+    listener = emqx_config.Listener(host=host, port=port, cacertfile=directory / "ca.pem",
+                                    certfile=directory / "server.pem",
+                                    keyfile=directory / "server.key")
+    endpoint = emqx_config.Endpoint(url=url, cacertfile=listener.cacertfile,
+                                    certfile=directory / f"{service_name}.pem",
+                                    keyfile=directory / f"{service_name}.key")
+    _write_tls(paths, listener)
+    serial = _write_service_certificate(fleet, service_name, endpoint)
+    write_public(directory / "emqx.conf",
+                 emqx_config.configuration(listener, endpoint).encode())
+    say(f"wrote {directory}/emqx.conf: EMQX asks {url}{emqx_config.AUTHN_PATH} and "
+        f"{emqx_config.AUTHZ_PATH} as service/{service_name} (serial {serial})")
+    note(f"make {listener.keyfile} and {endpoint.keyfile} readable by the user EMQX runs as")
+    note("kick revoked clients: fleet serve emqx-kick --api-url URL --api-key-file FILE")
+
+
+@app.command("rabbitmq")
+def rabbitmq(
+    ctx: typer.Context,
+    out: OutDir,
+    port: Port = 8883,
+    host: Host = "127.0.0.1",
+    fleet_url: FleetUrl = None,
+    service_name: Annotated[str, typer.Option(
+        "--service", help="Name of the service certificate RabbitMQ presents to Fleet.")
+                            ] = "rabbitmq",
+    management_port: Annotated[int, typer.Option(
+        "--management-port", min=1, max=65535,
+        help="Port of the management API (on 127.0.0.1).")] = 15672,
+    force: Force = False,
+) -> None:
+    """rabbitmq.conf, advanced.config, enabled_plugins and definitions.json, the CA chain,
+    RabbitMQ's server certificate, the service certificate it presents to Fleet's
+    /rabbitmq/* paths and the management user of `fleet serve rabbitmq-close`."""
+    fleet = fleet_of(ctx)
+    paths, url = _broker_of_fleet(fleet, fleet_url, service_name, broker="RabbitMQ")
+    directory = output_directory(out, force=force)
+    listener = rabbitmq_config.Listener(
+        host=host, port=port, cacertfile=directory / "ca.pem",
+        certfile=directory / "server.pem", keyfile=directory / "server.key",
+        management_port=management_port, definitions=directory / "definitions.json")
+    endpoint = rabbitmq_config.Endpoint(url=url, cacertfile=listener.cacertfile,
+                                        certfile=directory / f"{service_name}.pem",
+                                        keyfile=directory / f"{service_name}.key")
+    password = secrets.token_urlsafe(24)
+    credentials = directory / "management.credentials"
+    _write_tls(paths, listener)
+    serial = _write_service_certificate(fleet, service_name, endpoint)
+    write_private(listener.definitions, rabbitmq_config.definitions(password=password).encode())
+    write_private(credentials, f"{rabbitmq_config.MANAGEMENT_USER}:{password}\n".encode())
+    write_public(directory / "advanced.config", rabbitmq_config.advanced_config(endpoint).encode())
+    write_public(directory / "enabled_plugins", rabbitmq_config.enabled_plugins().encode())
+    write_public(directory / "rabbitmq.conf",
+                 rabbitmq_config.configuration(listener, endpoint).encode())
+    say(f"wrote {directory}/rabbitmq.conf: RabbitMQ asks {url}/rabbitmq/* as "
+        f"service/{service_name} (serial {serial})")
+    note(f"start it with RABBITMQ_CONFIG_FILE={directory}/rabbitmq.conf "
+         f"RABBITMQ_ADVANCED_CONFIG_FILE={directory}/advanced.config "
+         f"RABBITMQ_ENABLED_PLUGINS_FILE={directory}/enabled_plugins")
+    note(f"make {listener.keyfile}, {endpoint.keyfile} and {listener.definitions} readable "
+         "by the user RabbitMQ runs as")
+    note("close revoked clients' connections: fleet serve rabbitmq-close --api-url "
+         f"http://127.0.0.1:{management_port} --credentials-file {credentials}")
+
+
+def _broker_of_fleet(fleet: Fleet, fleet_url: str | None, service_name: str, *,
+                     broker: str) -> tuple[Paths, str]:
+    """The CA files, and the URL *broker* reaches Fleet at (checked before anything is
+    written)."""
     settings = fleet.require_initialized()
     paths = Paths.of(settings)
     if not paths.server_cert.exists():
@@ -107,29 +183,34 @@ def emqx(
     url = (fleet_url or f"https://{(settings.hostnames or ('localhost',))[0]}:"
            f"{settings.est_port}").rstrip("/")
     if not url.startswith("https://"):
-        raise ConflictError(f"--fleet-url {url!r}: EMQX must reach Fleet over https://")
-    directory = output_directory(out, force=force)
+        raise ConflictError(f"--fleet-url {url!r}: {broker} must reach Fleet over https://")
+    return paths, url
+
+
+class _TlsFiles(Protocol):
+    @property
+    def cacertfile(self) -> Path: ...
+    @property
+    def certfile(self) -> Path: ...
+    @property
+    def keyfile(self) -> Path: ...
+
+
+def _write_tls(paths: Paths, files: _TlsFiles) -> None:
+    """The CA chain, and Fleet's server certificate and key as the broker's."""
+    write_public(files.cacertfile, paths.chain.read_bytes())
+    write_public(files.certfile, paths.server_cert.read_bytes())
+    write_private(files.keyfile, paths.server_key.read_bytes())
+
+
+def _write_service_certificate(fleet: Fleet, name: str, files: _TlsFiles) -> str:
+    """Issue service certificate *name* with a new key and write both; its serial."""
     key = pki.generate_private_key("p256")
-    issued = fleet.authority.issue_service_certificate(name=service_name,
-                                                       public_key=key.public_key(),
+    issued = fleet.authority.issue_service_certificate(name=name, public_key=key.public_key(),
                                                        actor=fleet.actor)
-    listener = emqx_config.Listener(host=host, port=port, cacertfile=directory / "ca.pem",
-                                    certfile=directory / "server.pem",
-                                    keyfile=directory / "server.key")
-    endpoint = emqx_config.Endpoint(url=url, cacertfile=listener.cacertfile,
-                                    certfile=directory / f"{service_name}.pem",
-                                    keyfile=directory / f"{service_name}.key")
-    write_public(listener.cacertfile, paths.chain.read_bytes())
-    write_public(listener.certfile, paths.server_cert.read_bytes())
-    write_private(listener.keyfile, paths.server_key.read_bytes())
-    write_public(endpoint.certfile, pki.certificate_pem(issued.certificate).encode())
-    write_private(endpoint.keyfile, pki.private_key_pem(key))
-    write_public(directory / "emqx.conf",
-                 emqx_config.configuration(listener, endpoint).encode())
-    say(f"wrote {directory}/emqx.conf: EMQX asks {url}{emqx_config.AUTHN_PATH} and "
-        f"{emqx_config.AUTHZ_PATH} as service/{service_name} (serial {issued.record.serial})")
-    note(f"make {listener.keyfile} and {endpoint.keyfile} readable by the user EMQX runs as")
-    note("kick revoked clients: fleet serve emqx-kick --api-url URL --api-key-file FILE")
+    write_public(files.certfile, pki.certificate_pem(issued.certificate).encode())
+    write_private(files.keyfile, pki.private_key_pem(key))
+    return issued.record.serial
 
 
 def _share_with(user: str, directory: Path, private: list[Path]) -> bool:

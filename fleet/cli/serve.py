@@ -17,7 +17,7 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, Protocol, cast
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, cast
 
 import typer
 
@@ -30,6 +30,9 @@ from fleet.descriptors import fit_open_files
 from fleet.errors import FleetError
 from fleet.logs import FORMATS, LEVELS
 from fleet.settings import Settings
+
+if TYPE_CHECKING:
+    from fleet.integrations.hook import Hook
 
 app = command_group("Run one service in the foreground.")
 log = logging.getLogger(__name__)
@@ -143,24 +146,57 @@ def emqx_kick(
 
     fleet = fleet_of(ctx)
     api_key = parse_api_key(api_key_file.read_text(encoding="utf-8"))
-    context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
     kicker = EmqxKicker(authority=fleet.authority, api_url=api_url, api_key=api_key,
-                        ssl_context=context)
+                        ssl_context=_client_context(cafile))
+    configure_logs(fleet.settings)
+    asyncio.run(_run_hook(kicker, f"EMQX kick hook following revocations for {api_url}"))
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await kicker.start()
-        say(f"EMQX kick hook following revocations for {api_url}")
-        sys.stdout.flush()
-        try:
-            await stop.wait()
-        finally:
-            await kicker.close()
 
-    asyncio.run(run())
+@app.command("rabbitmq-close")
+def rabbitmq_close(
+    ctx: typer.Context,
+    api_url: Annotated[str, typer.Option(
+        "--api-url", metavar="URL",
+        help="RabbitMQ's management API, e.g. http://127.0.0.1:15672.")],
+    credentials_file: Annotated[Path, typer.Option(
+        "--credentials-file", exists=True, dir_okay=False,
+        help="File holding the management user as USER:PASSWORD (`fleet export rabbitmq` "
+        "writes management.credentials).")],
+    cafile: Annotated[Path | None, typer.Option(
+        "--cafile", exists=True, dir_okay=False,
+        help="CA certificates for an https:// API URL (default: the system's).")] = None,
+) -> None:
+    """Close revoked and suspended clients' RabbitMQ connections, following the revocation
+    events."""
+    from fleet.integrations.hook import Credentials
+    from fleet.integrations.rabbitmq_close import RabbitmqCloser
+
+    fleet = fleet_of(ctx)
+    credentials = Credentials.parse(credentials_file.read_text(encoding="utf-8"),
+                                    what="a RabbitMQ management user")
+    closer = RabbitmqCloser(authority=fleet.authority, api_url=api_url,
+                            credentials=credentials, ssl_context=_client_context(cafile))
+    configure_logs(fleet.settings)
+    asyncio.run(_run_hook(closer, f"RabbitMQ close hook following revocations for {api_url}"))
+
+
+def _client_context(cafile: Path | None) -> ssl.SSLContext | None:
+    return ssl.create_default_context(cafile=str(cafile)) if cafile else None
+
+
+async def _run_hook(hook: Hook, banner: str) -> None:
+    """Run *hook* until SIGINT or SIGTERM; *banner* once it follows."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await hook.start()
+    say(banner)
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        await hook.close()
 
 
 def up(

@@ -39,8 +39,9 @@ VHOST = "/"
 EXCHANGE = "amq.topic"
 """The exchange the MQTT plugin publishes to and binds subscription queues on."""
 PLUGINS = ("rabbitmq_mqtt", "rabbitmq_auth_backend_http", "rabbitmq_management")
-MANAGEMENT_USER = "fleet-close@management"
-"""The management API user of the revocation hook: ``@`` is in no fleet identity."""
+MANAGEMENT_USER = "_fleet-close"
+"""The management API user of the revocation hook: no fleet identity starts with ``_`` (and
+rabbitmq.conf keys, which name it, take no ``@``)."""
 
 
 def subscription_queues(client_id: str) -> tuple[str, str]:

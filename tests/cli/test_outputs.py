@@ -34,6 +34,7 @@ OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
                                                  "--out-dir", "{out}")),
     "export mosquitto --out": (DIRECTORY, ("export", "mosquitto", "--out", "{out}")),
     "export emqx --out": (DIRECTORY, ("export", "emqx", "--out", "{out}")),
+    "export rabbitmq --out": (DIRECTORY, ("export", "rabbitmq", "--out", "{out}")),
     "restore --config-dir": (DIRECTORY, ("restore", "{backup}", "--config-dir", "{out}")),
 }
 """Every path the CLI writes: what it is, and a command line that writes it."""
