@@ -2,7 +2,8 @@
 
 Life of a well-behaved device::
 
-    enroll (EST simpleenroll, bootstrap token) -> connect (MQTT over mTLS, persistent session)
+    enroll (EST simpleenroll, bootstrap token or manufacturer certificate)
+      -> connect (MQTT over mTLS, persistent session)
       -> subscribe devices/<id>/commands/# -> publish telemetry, answer commands
       -> at the renewal point: simplereenroll over mTLS, then reconnect with the new certificate
       -> after a drop: reconnect with exponential backoff and jitter
@@ -28,11 +29,12 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from device_sim.backoff import Backoff, jittered
 from device_sim.credentials import Credentials
-from device_sim.crypto import PrivateKey, build_csr, generate_key
+from device_sim.crypto import PrivateKey, build_csr, generate_key, private_key_pem
 from device_sim.environment import Environment
 from device_sim.est_client import ESTError, ESTHandshakeRefused, ESTRefused, ESTUnavailable
+from device_sim.manufacturer import Idevid
 from device_sim.mqtt_loop import Closed, ClosedBeforeConnack, ConnectRefused, LoopClient
-from device_sim.tls import TrustError
+from device_sim.tls import TrustError, client_context
 
 MAX_QUEUED_MESSAGES = 200
 REFUSALS_BEFORE_GIVING_UP = 3
@@ -103,10 +105,12 @@ def payload(body: dict[str, Any], size: int) -> bytes:
 class Device:
     """One simulated device and what it observed."""
 
-    def __init__(self, device_id: str, env: Environment, *, token: str | None) -> None:
+    def __init__(self, device_id: str, env: Environment, *, token: str | None,
+                 idevid: Idevid | None = None) -> None:
         self.id = device_id
         self.env = env
         self.token = token
+        self.idevid = idevid
         s = env.scenario
         self.phase = Phase.NEW
         self.anchors: list[x509.Certificate] = []
@@ -132,7 +136,8 @@ class Device:
     # -- identity and certificates ----------------------------------------------------------
 
     async def enroll(self) -> bool:
-        """Trust the pinned CA, generate a key and enroll with the bootstrap token."""
+        """Trust the pinned CA, generate a key and enroll with the bootstrap token or, when
+        the device has one, with its manufacturer certificate in the TLS handshake."""
         env = self.env
         self.phase = Phase.ENROLLING
         key = generate_key(env.scenario.key_type)
@@ -141,9 +146,16 @@ class Device:
             try:
                 async with env.enroll_slots:
                     self.anchors, self.trust = await env.trust()
-                    started = env.now()
-                    certificate = await env.est.simpleenroll(
-                        csr, context=self.trust, username=self.id, password=self.token or "")
+                    if self.idevid is not None:
+                        context = client_context(self.anchors, self.idevid.certificate,
+                                                 private_key_pem(self.idevid.key))
+                        started = env.now()
+                        certificate = await env.est.simpleenroll(csr, context=context)
+                    else:
+                        started = env.now()
+                        certificate = await env.est.simpleenroll(
+                            csr, context=self.trust, username=self.id,
+                            password=self.token or "")
             except ESTUnavailable as exc:
                 env.metrics.count("enroll_retries")
                 if not await env.sleep(exc.retry_after or self.est_backoff.next_delay()):

@@ -60,11 +60,17 @@ class ESTClient:
         body = await self._request("GET", "cacerts", context=context)
         return _certificates(body)
 
-    async def simpleenroll(self, csr_der: bytes, *, context: ssl.SSLContext, username: str,
-                           password: str) -> x509.Certificate:
-        """``POST /simpleenroll`` authorized by HTTP Basic (device id, bootstrap token)."""
+    async def simpleenroll(self, csr_der: bytes, *, context: ssl.SSLContext,
+                           username: str | None = None,
+                           password: str | None = None) -> x509.Certificate:
+        """``POST /simpleenroll`` authorized by HTTP Basic (device id, bootstrap token), or
+        without credentials by the manufacturer certificate *context* presents in the TLS
+        handshake (RFC 7030 3.3.2)."""
+        authorization = (None if username is None
+                         else basic_authorization(username, password or ""))
         body = await self._request("POST", "simpleenroll", context=context, csr_der=csr_der,
-                                   authorization=basic_authorization(username, password))
+                                   authorization=authorization,
+                                   client_certificate=authorization is None)
         return _one_certificate(body)
 
     async def simplereenroll(self, csr_der: bytes, *,

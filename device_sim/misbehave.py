@@ -24,6 +24,7 @@ from device_sim.crypto import client_certificate, device_uri, self_signed_ca
 from device_sim.device import Attempt, Device, Phase
 from device_sim.environment import Environment
 from device_sim.est_client import ESTError, ESTHandshakeRefused, ESTRefused
+from device_sim.manufacturer import Idevid
 from device_sim.mqtt_loop import LoopClient
 from device_sim.scenario import Misbehavior
 
@@ -55,8 +56,8 @@ class MisbehavingDevice(Device):
     """A device that tries one :class:`Misbehavior`."""
 
     def __init__(self, device_id: str, env: Environment, *, token: str | None,
-                 kind: Misbehavior) -> None:
-        super().__init__(device_id, env, token=token)
+                 kind: Misbehavior, idevid: Idevid | None = None) -> None:
+        super().__init__(device_id, env, token=token, idevid=idevid)
         self.kind = kind
         self.probes: list[Probe] = []
         self.skipped: str | None = None

@@ -1,15 +1,17 @@
 """The people around the devices: factory tooling mints tokens, the operator declares the
-group, revokes devices and, after the run, cleans up.
+group, registers the vendor of devices that enroll with a manufacturer certificate, revokes
+devices and, after the run, cleans up.
 
 They act through Fleet's public Python API (:class:`fleet.authority.Authority`) exactly as the
-``fleet token create`` and ``fleet device revoke`` commands do; the devices themselves never
-touch it. This is the operator side of the wire, the one module of the simulator on Fleet's
-core. Database calls block, so each runs in a thread off the event loop.
+``fleet token create``, ``fleet vendor add`` and ``fleet device revoke`` commands do; the
+devices themselves never touch it. This is the operator side of the wire, the one module of
+the simulator on Fleet's core. Database calls block, so each runs in a thread off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
@@ -34,17 +36,19 @@ RETIRED = "cessationOfOperation"
 @dataclass(frozen=True, slots=True)
 class Created:
     """What a run put into the registry: the ids of its devices (those that enrolled have a
-    row), the tokens it minted, and its group when the run declared it."""
+    row), the tokens it minted, its group when the run declared it and the vendor it
+    registered."""
 
     device_ids: list[str]
     tokens: list[str]
     group: str | None
+    vendor: str | None = None
 
     @property
     def empty(self) -> bool:
-        """Nothing to clean up: the run stopped before it minted a token or declared a group
-        (no device can have enrolled)."""
-        return not self.tokens and self.group is None
+        """Nothing to clean up: the run stopped before it minted a token, declared a group or
+        registered a vendor (no device can have enrolled)."""
+        return not self.tokens and self.group is None and self.vendor is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +59,15 @@ class Cleanup:
     revoked: int  # of them, revoked first (still active or suspended at the end)
     tokens_revoked: int  # minted tokens no device used
     group_deleted: str | None
+    vendor_removed: str | None = None
 
     def line(self) -> str:
+        vendor = f", removed vendor {self.vendor_removed}" if self.vendor_removed else ""
         group = f", deleted group {self.group_deleted}" if self.group_deleted else ""
         return (f"removed {self.deleted} simulated device(s) from the registry ({self.revoked} "
                 f"revoked first, {RETIRED}), revoked {self.tokens_revoked} unused token(s)"
-                f"{group}; their certificates and audit events stay (--keep keeps the devices)")
+                f"{vendor}{group}; their certificates and audit events stay (--keep keeps the "
+                "devices)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,9 @@ class FleetOperator(Protocol):
     async def declare_group(self, group: str) -> bool: ...
 
     async def mint_tokens(self, *, group: str, count: int) -> list[str]: ...
+
+    async def register_vendor(self, *, name: str, ca_pem: str, group: str,
+                              allowed: Sequence[str]) -> None: ...
 
     async def revoke_device(self, device_id: str) -> None: ...
 
@@ -105,6 +115,13 @@ class AuthorityOperator:
             uses=1, ttl=timedelta(seconds=self.token_ttl_seconds))
         return [str(item.token) for item in issued]
 
+    async def register_vendor(self, *, name: str, ca_pem: str, group: str,
+                              allowed: Sequence[str]) -> None:
+        """``fleet vendor add NAME --ca CA.pem --group GROUP --allow IDS.csv``: the vendor's
+        manufacturer certificates name the device in their serialNumber."""
+        await asyncio.to_thread(self.authority.add_vendor, name=name, ca_pem=ca_pem.encode(),
+                                group=group, actor=OPERATOR_ACTOR, allowed=list(allowed))
+
     async def revoke_device(self, device_id: str) -> None:
         """``fleet device revoke ID --reason keyCompromise``."""
         await asyncio.to_thread(self.authority.revoke_device, device_id=device_id,
@@ -120,13 +137,16 @@ class AuthorityOperator:
                                   key_pem=private_key_pem(key))
 
     async def clean_up(self, created: Created) -> Cleanup:
-        """Revoke what is still live and delete the run's devices (``fleet device delete``),
+        """Remove the run's vendor (``fleet vendor remove``), so that no more devices enroll,
+        revoke what is still live and delete the run's devices (``fleet device delete``),
         revoke the tokens no device used, and delete the group if the run declared it and
         nothing else is in it."""
         return await asyncio.to_thread(self._clean_up, created)
 
     def _clean_up(self, created: Created) -> Cleanup:
         authority = self.authority
+        if created.vendor is not None:
+            authority.remove_vendor(name=created.vendor, actor=OPERATOR_ACTOR)
         now = utcnow()
         with session(authority.engine) as db:
             devices = [row for row in (devices_db.get_device(session=db, device_id=device_id)
@@ -153,4 +173,4 @@ class AuthorityOperator:
             else:
                 authority.delete_group(name=group, actor=OPERATOR_ACTOR)
         return Cleanup(deleted=len(devices), revoked=revoked, tokens_revoked=len(unused),
-                       group_deleted=group)
+                       group_deleted=group, vendor_removed=created.vendor)

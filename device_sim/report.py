@@ -39,6 +39,8 @@ def build_report(result: RunResult) -> dict[str, Any]:
         "ok": result.ok,
         "fatal": result.fatal,
         "devices": s.devices,
+        "enrollment": {"path": "manufacturer-certificate", "vendor": result.vendor}
+        if result.vendor is not None else {"path": "bootstrap-token", "vendor": None},
         "well_behaved": len(good),
         "misbehaving": len(result.misbehaving),
         "enrolled": sum(1 for d in result.devices if d.enrolled_at is not None),
@@ -154,6 +156,9 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     messages = report["messages"]
     rows = [
         ("devices", f"{report['devices']} ({report['misbehaving']} misbehaving)"),
+        ("enrolled with", "manufacturer certificates of vendor "
+         f"{report['enrollment']['vendor']} (no Authorization header)"
+         if report["enrollment"]["vendor"] else "bootstrap tokens (HTTP Basic)"),
         ("enrolled / connected", f"{report['enrolled']} / {report['connected']}"),
         ("time to enroll / connect all",
          f"{_seconds(report['time_to_enroll_all_s'])} / "

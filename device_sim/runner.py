@@ -3,7 +3,10 @@
 The timeline (``t`` is seconds since the first device started)::
 
     the operator declares the scenario's group unless it is declared; factory mints one
-    bootstrap token per device; the operator issues the backend's certificate
+    bootstrap token per device or, with `idevid`, a test vendor CA gives each device its
+    manufacturer certificate, the operator registers the vendor (fleet vendor add, the run's
+    device ids as the allow list) and the run waits until the EST service trusts it; the
+    operator issues the backend's certificate
     t=0 .. duration    devices start at `ramp` per second and live their lives
     t=revoke_at        the operator revokes `revoke` online devices, one command each
     t=broker_restart_at   the broker is restarted through the hook the caller provides
@@ -28,15 +31,17 @@ from typing import Any
 import aiohttp
 
 from device_sim.backend import Backend, Command
+from device_sim.crypto import private_key_pem
 from device_sim.device import Device, Phase
 from device_sim.environment import Endpoints, Environment, RestartWindow
 from device_sim.est_client import ESTClient, ESTError
+from device_sim.manufacturer import Idevid, VendorCA
 from device_sim.metrics import Metrics, spans_cover
 from device_sim.misbehave import MisbehavingDevice
 from device_sim.mqtt_loop import MqttLoop
 from device_sim.operator import Created, FleetOperator
 from device_sim.scenario import Misbehavior, Scenario
-from device_sim.tls import TrustError
+from device_sim.tls import TrustError, client_context
 from fleet.errors import FleetError
 
 RestartHook = Callable[[], Awaitable[None]]
@@ -47,6 +52,10 @@ DELIVERY_GRACE = 5.0
 LIFETIME_TOLERANCE = 0.1
 RENEWAL_SAFETY = 5.0
 """Devices renewing within this many seconds are not picked for revocation (cleaner timing)."""
+VENDOR_TRUST_TIMEOUT = 30.0
+"""Seconds the EST service is given to trust a vendor registered by the run in its TLS
+handshakes (it re-reads the vendors every few seconds)."""
+VENDOR_TRUST_POLL = 0.25
 
 
 class RunError(Exception):
@@ -103,6 +112,8 @@ class RunResult:
     commands: dict[str, int]
     restart_recovery: list[float | None]
     offline_at_end: list[str]
+    vendor: str | None = None
+    """The vendor whose manufacturer certificates the devices enrolled with (None: tokens)."""
     expectations: list[Expectation] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     fatal: str | None = None
@@ -117,7 +128,8 @@ class Run:
 
     def __init__(self, scenario: Scenario, *, endpoints: Endpoints, operator: FleetOperator,
                  restart_broker: RestartHook | None = None,
-                 progress: ProgressHook | None = None) -> None:
+                 progress: ProgressHook | None = None,
+                 vendor_trust_timeout: float = VENDOR_TRUST_TIMEOUT) -> None:
         if scenario.broker_restart_at is not None and restart_broker is None:
             raise RunError("the scenario restarts the broker, but there is no way to: "
                              "start the services from the simulator or give a restart command")
@@ -126,6 +138,7 @@ class Run:
         self.operator = operator
         self.restart_broker = restart_broker
         self.progress = progress
+        self.vendor_trust_timeout = vendor_trust_timeout
         self.run_id = secrets.token_hex(3)
         self.rng = random.Random(scenario.seed)
         self.notes: list[str] = []
@@ -137,13 +150,16 @@ class Run:
         self.tokens: list[str] = []
         self.device_ids: list[str] = []
         self.declared_group = False
+        self.vendor: str | None = None
         self.phase = "starting"
 
     # -- set-up -----------------------------------------------------------------------------
 
-    def _roster(self, env: Environment, tokens: list[str]) -> tuple[list[Device],
-                                                                       list[MisbehavingDevice]]:
-        """Device ids and roles; misbehaving devices are spread evenly through the fleet."""
+    def _roster(self, env: Environment, tokens: list[str], idevids: dict[str, Idevid],
+                ) -> tuple[list[Device], list[MisbehavingDevice]]:
+        """Device ids and roles; misbehaving devices are spread evenly through the fleet. A
+        device enrolls with its manufacturer certificate when *idevids* holds one for it,
+        else with one of *tokens*."""
         s = self.scenario
         total, bad = s.devices, s.misbehaving_devices
         bad_slots = {round(i * total / bad + total / (2 * bad)) % total: i
@@ -151,18 +167,25 @@ class Run:
         tokens = list(tokens)
         devices: list[Device] = []
         misbehaving: list[MisbehavingDevice] = []
-        for index in range(total):
-            device_id = f"{s.device_prefix}-{self.run_id}-{index:05d}"
+        for index, device_id in enumerate(self._device_ids()):
+            idevid = idevids.get(device_id)
             if index in bad_slots:
                 kind = s.misbehaviors[bad_slots[index] % len(s.misbehaviors)]
-                token = None if kind is Misbehavior.FOREIGN_CA else tokens.pop()
-                bad_device = MisbehavingDevice(device_id, env, token=token, kind=kind)
+                foreign = kind is Misbehavior.FOREIGN_CA  # never enrolls
+                token = None if foreign or idevids else tokens.pop()
+                bad_device = MisbehavingDevice(device_id, env, token=token, kind=kind,
+                                               idevid=None if foreign else idevid)
                 misbehaving.append(bad_device)
                 devices.append(bad_device)
             else:
-                devices.append(Device(device_id, env, token=tokens.pop()))
+                devices.append(Device(device_id, env, token=None if idevids else tokens.pop(),
+                                      idevid=idevid))
                 env.well_behaved.add(device_id)
         return devices, misbehaving
+
+    def _device_ids(self) -> list[str]:
+        s = self.scenario
+        return [f"{s.device_prefix}-{self.run_id}-{index:05d}" for index in range(s.devices)]
 
     def _tokens_needed(self) -> int:
         s = self.scenario
@@ -190,11 +213,16 @@ class Run:
             env.on_first_certificate = lambda lifetime: self._check_lifetime(env, lifetime)
             try:
                 await self._reach_est(env)
-                self.phase = "minting tokens"
                 self.declared_group = await self.operator.declare_group(s.group)
-                self.tokens = await self.operator.mint_tokens(group=s.group,
-                                                              count=self._tokens_needed())
-                devices, misbehaving = self._roster(env, self.tokens)
+                idevids: dict[str, Idevid] = {}
+                if s.idevid:
+                    self.phase = "registering the vendor"
+                    idevids = await self._manufacture(env)
+                else:
+                    self.phase = "minting tokens"
+                    self.tokens = await self.operator.mint_tokens(group=s.group,
+                                                                  count=self._tokens_needed())
+                devices, misbehaving = self._roster(env, self.tokens, idevids)
                 self.device_ids = [d.id for d in devices]
                 backend = await self._start_backend(env)
             except BaseException:
@@ -234,7 +262,7 @@ class Run:
             online_series=self.online_series, issued_lifetime=env.issued_lifetime,
             commands=_command_outcomes(backend, devices, env, elapsed),
             restart_recovery=self.restart_recovery, offline_at_end=self.offline_at_end,
-            notes=self.notes, fatal=self.fatal)
+            vendor=self.vendor, notes=self.notes, fatal=self.fatal)
         _sightings(env, misbehaving)
         result.expectations = judge(result)
         return result
@@ -242,7 +270,8 @@ class Run:
     @property
     def created(self) -> Created:
         return Created(device_ids=list(self.device_ids), tokens=list(self.tokens),
-                       group=self.scenario.group if self.declared_group else None)
+                       group=self.scenario.group if self.declared_group else None,
+                       vendor=self.vendor)
 
     async def _reach_est(self, env: Environment) -> None:
         """Fetch the CA certificates once before anything starts: an EST service that cannot
@@ -251,6 +280,43 @@ class Run:
             await env.trust()
         except (ESTError, TrustError) as exc:
             raise RunError(f"EST service {self.endpoints.est_url}: {exc}") from None
+
+    async def _manufacture(self, env: Environment) -> dict[str, Idevid]:
+        """The factory of a vendor of the run's own: a CA, one manufacturer certificate per
+        device naming it in the serialNumber; the operator registers the vendor into the
+        scenario's group with the run's device ids as its allow list. Returns once the EST
+        service trusts the vendor's certificates in its handshakes."""
+        s = self.scenario
+        name = f"{s.device_prefix}-{self.run_id}"
+        vendor = VendorCA(name)
+        ids = self._device_ids()
+        self.device_ids = ids
+        await self.operator.register_vendor(name=name, ca_pem=vendor.pem(), group=s.group,
+                                            allowed=ids)
+        self.vendor = name
+        idevids = {device_id: vendor.issue(device_id) for device_id in ids}
+        await self._await_vendor_trust(env, idevids[ids[0]])
+        return idevids
+
+    async def _await_vendor_trust(self, env: Environment, idevid: Idevid) -> None:
+        """Poll ``/cacerts`` presenting *idevid* until the EST service's handshake accepts it;
+        RunError after :attr:`vendor_trust_timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.vendor_trust_timeout
+        anchors, _ = await env.trust()
+        context = client_context(anchors, idevid.certificate, private_key_pem(idevid.key))
+        while True:
+            try:
+                await env.est.cacerts(context=context)
+                return
+            except ESTError as exc:
+                if loop.time() >= deadline:
+                    raise RunError(
+                        f"EST service {self.endpoints.est_url} did not accept the "
+                        f"manufacturer certificates of vendor {self.vendor} within "
+                        f"{self.vendor_trust_timeout:g} s of registering it (does it serve "
+                        f"the registry of this data dir?): {exc}") from None
+            await asyncio.sleep(VENDOR_TRUST_POLL)
 
     async def _start_backend(self, env: Environment) -> Backend | None:
         if self.scenario.command_interval <= 0 and not self.scenario.misbehaving:

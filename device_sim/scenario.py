@@ -12,6 +12,7 @@ Durations are written like Fleet's settings (``250ms``, ``30s``, ``2m``) or as s
     revoke = 2                 # devices revoked by the operator during the run
     broker_restart_at = "12s"
     misbehaving = 0.08         # share of the devices that misbehave
+    idevid = true              # enroll with manufacturer certificates, not tokens
 
 Configuration, not the device side: it reads durations with Fleet's own parser so that a
 scenario is written like Fleet's settings. Names are checked against the device id syntax of
@@ -97,6 +98,9 @@ class Scenario:
     seed: int | None = None
     store_dir: Path | None = None
     est_label: str | None = None
+    idevid: bool = False
+    """Devices leave the factory with a manufacturer certificate (IEEE 802.1AR IDevID) from a
+    test vendor CA and enroll with it (RFC 7030 3.3.2) instead of a bootstrap token."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -252,3 +256,5 @@ def _validate(s: Scenario) -> None:
                       "prefix)")
     if s.est_label is not None and not name("est_label", MAX_NAME):
         raise bad("est_label", "not a valid EST label")
+    if not isinstance(s.idevid, bool):
+        raise bad("idevid", "expected true or false")

@@ -1,11 +1,13 @@
 """``fleet sim run``: simulated devices against Fleet's EST service and broker.
 
 The devices use only EST (HTTPS) and MQTT (TLS). The command plays factory tooling (mints one
-bootstrap token per device) and operator (declares the scenario's group, revokes devices,
-issues the backend's service certificate) through the registry in the data dir, so run it
-where ``fleet`` commands work. Afterwards it removes its devices from the registry (revoked
-first if still active), revokes the tokens no device used and deletes the group it declared,
-unless ``--keep``; their certificates and audit events stay.
+bootstrap token per device or, with ``--idevid``, gives each a manufacturer certificate from
+a vendor CA of the run's own) and operator (declares the scenario's group, registers that
+vendor, revokes devices, issues the backend's service certificate) through the registry in
+the data dir, so run it where ``fleet`` commands work. Afterwards it removes its vendor and
+its devices from the registry (revoked first if still active), revokes the tokens no device
+used and deletes the group it declared, unless ``--keep``; their certificates and audit
+events stay.
 
 Certificate lifetime: the EST service alone decides it (``certificates.device_lifetime``,
 env ``FLEET_CERTIFICATES_DEVICE_LIFETIME``). ``--cert-lifetime`` states what the service is
@@ -125,8 +127,12 @@ def run(
         "--no-progress", help="No live progress display.")] = False,
     keep: Annotated[bool, typer.Option(
         "--keep", help="Keep the simulated devices in the registry. By default they are "
-        "revoked if still active and deleted after the run, with the tokens no device used "
-        "and the group if the run declared it.")] = False,
+        "revoked if still active and deleted after the run, with the tokens no device used, "
+        "the vendor of --idevid and the group if the run declared it.")] = False,
+    idevid: Annotated[bool, typer.Option(
+        "--idevid", help="Devices enroll with manufacturer certificates (IDevIDs) from a test "
+        "vendor CA the run registers (fleet vendor add, the run's device ids as allow list), "
+        "not with bootstrap tokens.")] = False,
 ) -> None:
     """Enroll, connect, publish, renew and revoke simulated devices; report and judge the run.
 
@@ -146,6 +152,7 @@ def run(
         "command_interval": _duration(command_interval), "key_type": key_type,
         "enroll_concurrency": enroll_concurrency,
         "connect_concurrency": connect_concurrency, "seed": seed, "store_dir": store_dir,
+        "idevid": idevid or None,
     }
     try:
         scenario = (load_scenario(scenario_file, **overrides) if scenario_file

@@ -177,6 +177,32 @@ def test_fleet_sim_run_removes_its_devices_unless_kept(services: LocalServices,
         "active", "active", "revoked"]
 
 
+def test_fleet_sim_run_idevid_enrolls_renews_and_removes_its_vendor(
+    services: LocalServices, fleet_env: dict[str, str], tmp_path: Path,
+) -> None:
+    """``--idevid``: the devices enroll with manufacturer certificates of a vendor the run
+    registers, then renew and are revoked as in a token run; the vendor goes afterwards."""
+    json_path = tmp_path / "report.json"
+    done = fleet_sim(fleet_env, "--idevid", "--devices", "6", "--duration", "12s",
+                     "--cert-lifetime", f"{LIFETIME}s", "--revoke", "1",
+                     "--telemetry-interval", "1s", "--command-interval", "2s",
+                     "--est-url", services.est_url, "--mqtt-host", services.host,
+                     "--mqtt-port", str(services.broker_port), "--json-report", str(json_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(json_path.read_text())
+    vendor = f"sim-{report['run_id']}"
+    assert report["enrollment"] == {"path": "manufacturer-certificate", "vendor": vendor}
+    assert report["devices"] == report["enrolled"] == report["connected"] == 6
+    assert report["renewals_ok"] > 0
+    assert report["renewals_failed"] == 0
+    assert report["revocations"][0]["reenroll"] == "refused"
+    assert f"manufacturer certificates of vendor {vendor}" in done.stdout
+    assert f"removed vendor {vendor}" in done.stderr
+    listed = subprocess.run([*FLEET, "vendor", "list", "--json"], env=fleet_env,
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert vendor not in {v["name"] for v in json.loads(listed.stdout)}
+
+
 def test_fleet_sim_run_names_an_unreachable_est_service(services: LocalServices,
                                                        fleet_env: dict[str, str]) -> None:
     with socket.socket() as reserved:  # bound, not listening: connections are refused

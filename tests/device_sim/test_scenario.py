@@ -106,6 +106,7 @@ def test_scenario_refused_missing_file(tmp_path: Path) -> None:
     ({"est_label": 7}, "est_label"),
     ({"backoff_initial": 10.0, "backoff_max": 1.0}, "backoff_initial"),
     ({"keepalive": 0}, "keepalive"),
+    ({"idevid": "yes"}, "idevid"),
 ])
 def test_scenario_refused_bad_value(changes: dict[str, object], key: str) -> None:
     with pytest.raises(ScenarioError, match=key):
