@@ -18,7 +18,7 @@ from fleet.ca import Paths
 from fleet.cli.context import Fleet, fleet_of
 from fleet.cli.destination import output_directory
 from fleet.cli.output import note, say
-from fleet.errors import CAError, ConflictError
+from fleet.errors import CAError, ConflictError, NotFoundError
 from fleet.files import write_private, write_public
 from fleet.integrations import emqx as emqx_config
 from fleet.integrations import mosquitto as mosquitto_config
@@ -45,34 +45,59 @@ def mosquitto(
     user: Annotated[str | None, typer.Option(
         "--user", help="User Mosquitto switches to when started as root (default: "
         "mosquitto); the key and CRL are made readable by its group.")] = None,
+    plugin: Annotated[Path | None, typer.Option(
+        "--dynsec-plugin", metavar="PATH", help="Mosquitto's dynamic security plugin, as "
+        f"Mosquitto loads it (default: {mosquitto_config.PLUGIN_FILE} in the first of "
+        f"{', '.join(map(str, mosquitto_config.PLUGIN_DIRECTORIES))} that has it).")] = None,
+    service_name: Annotated[str, typer.Option(
+        "--service", help="Name of the service certificate `fleet serve mosquitto-kick` "
+        "presents, the dynamic security plugin's admin.")] = "mosquitto-kick",
     force: Force = False,
 ) -> None:
-    """mosquitto.conf, its ACL file, the CA chain, a server certificate and the CRL."""
+    """mosquitto.conf, its ACL file, the CA chain, a server certificate, the CRL, the dynamic
+    security plugin's configuration and the service certificate of its kick hook."""
     fleet = fleet_of(ctx)
     settings = fleet.require_initialized()
     paths = Paths.of(settings)
     if not paths.server_cert.exists():
         raise CAError(f"no CA in {settings.ca_dir}: run `fleet init` first")
+    pki.check_service_name(service_name)
+    plugin = plugin or mosquitto_config.find_plugin()
+    if plugin is None or not plugin.is_absolute():
+        raise NotFoundError(
+            f"no {mosquitto_config.PLUGIN_FILE} in "
+            f"{', '.join(map(str, mosquitto_config.PLUGIN_DIRECTORIES))}: give its absolute "
+            "path with --dynsec-plugin PATH" if plugin is None else
+            f"--dynsec-plugin {plugin}: give the absolute path Mosquitto loads it from")
     directory = output_directory(out, force=force)
+    kick = mosquitto_config.KickHook(name=service_name, cacertfile=directory / "ca.pem",
+                                     certfile=directory / f"{service_name}.pem",
+                                     keyfile=directory / f"{service_name}.key")
+    serial = _write_service_certificate(fleet, service_name, kick)
     policy = acl.load_policy(settings.acl_file)
     with fleet.session() as session:
         devices = {d.id: d.group for d in session.exec(
             select(Device).where(Device.status == DeviceStatus.ACTIVE)).all()}
-        services = set(session.exec(select(Certificate.service).where(
+        services = {s for s in session.exec(select(Certificate.service).where(
             col(Certificate.service).is_not(None),
-            Certificate.status == CertificateStatus.ACTIVE)).all())
+            Certificate.status == CertificateStatus.ACTIVE)).all()
+            if s and s != service_name}  # the kick hook's are the plugin's topics only
     # One PEM block per issuing CA in use: Mosquitto (OpenSSL) reads them all.
     crl = pki.crls_pem(signed.crl for signed in fleet.authority.current_crls())
     listener = mosquitto_config.Listener(
-        host=host, port=port, cafile=directory / "ca.pem", certfile=directory / "server.pem",
+        host=host, port=port, cafile=kick.cacertfile, certfile=directory / "server.pem",
         keyfile=directory / "server.key", crlfile=directory / "crl.pem",
-        acl_file=directory / "acl", user=user)
+        acl_file=directory / "acl", user=user,
+        dynamic_security=mosquitto_config.DynamicSecurity(
+            plugin=plugin, config_file=directory / "dynamic-security.json"))
     write_public(listener.cafile, paths.chain.read_bytes())
     write_public(listener.certfile, paths.server_cert.read_bytes())
     write_private(listener.keyfile, paths.server_key.read_bytes())
     write_public(listener.crlfile, crl)
     write_public(listener.acl_file, mosquitto_config.acl(
-        policy, devices=devices, services=(s for s in services if s)).encode())
+        policy, devices=devices, services=services).encode())
+    write_public(listener.dynamic_security.config_file,
+                 mosquitto_config.dynamic_security(service_name).encode())
     write_public(directory / "mosquitto.conf", mosquitto_config.configuration(listener).encode())
     shared = _share_with(user or "mosquitto", directory, [listener.keyfile])
     say(f"wrote {directory}/mosquitto.conf for {len(devices)} device(s) and "
@@ -81,6 +106,9 @@ def mosquitto(
         note(f"make {listener.keyfile} readable by the user Mosquitto runs as")
     note(f"keep the CRL current: fleet crl --watch --force --out {listener.crlfile} "
          "--signal <Mosquitto's PID>")
+    note(f"kick revoked clients as service/{service_name} (serial {serial}): fleet serve "
+         f"mosquitto-kick --host {host} --port {port} --cert {kick.certfile} "
+         f"--key {kick.keyfile} --cafile {kick.cacertfile}")
 
 
 FleetUrl = Annotated[str | None, typer.Option(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol, cast
 
 import typer
 
-from fleet import logs
+from fleet import logs, pki
 from fleet.checkpoints import periodic
 from fleet.cli.context import fleet_of
 from fleet.cli.init import initialize
@@ -178,6 +178,45 @@ def rabbitmq_close(
                             credentials=credentials, ssl_context=_client_context(cafile))
     configure_logs(fleet.settings)
     asyncio.run(_run_hook(closer, f"RabbitMQ close hook following revocations for {api_url}"))
+
+
+@app.command("mosquitto-kick")
+def mosquitto_kick(
+    ctx: typer.Context,
+    cert: Annotated[Path, typer.Option(
+        "--cert", exists=True, dir_okay=False,
+        help="The service certificate named admin of the dynamic security plugin "
+        "(`fleet export mosquitto` writes mosquitto-kick.pem).")],
+    key: Annotated[Path, typer.Option("--key", exists=True, dir_okay=False,
+                                      help="Its private key.")],
+    cafile: Annotated[Path, typer.Option(
+        "--cafile", exists=True, dir_okay=False,
+        help="The CA chain Mosquitto's server certificate chains to (ca.pem of the "
+        "export).")],
+    host: Annotated[str, typer.Option("--host", help="Mosquitto's address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535,
+                                      help="Mosquitto's MQTT over TLS port.")] = 8883,
+) -> None:
+    """Kick revoked and suspended clients off Mosquitto through its dynamic security plugin,
+    following the revocation events."""
+    from fleet.integrations.mosquitto_kick import MosquittoKicker
+
+    authority = fleet_of(ctx).authority  # the data dir is checked before the files
+    identity = pki.identity_from_certificate(pki.load_certificate(cert.read_bytes()),
+                                             authority.settings.trust_domain)
+    if identity.kind != "service":
+        raise FleetError(f"{cert} is the certificate of {identity}: the kick hook needs a "
+                         "service certificate")
+    try:
+        context = ssl.create_default_context(cafile=str(cafile))
+        context.load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as exc:
+        raise FleetError(f"{cert}, {key}, {cafile}: {exc}") from None
+    kicker = MosquittoKicker(authority=authority, host=host, port=port,
+                             name=identity.name, ssl_context=context)
+    configure_logs(authority.settings)
+    asyncio.run(_run_hook(kicker, f"Mosquitto kick hook following revocations for "
+                                  f"{host}:{port} as {identity}"))
 
 
 def _client_context(cafile: Path | None) -> ssl.SSLContext | None:

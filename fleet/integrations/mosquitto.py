@@ -13,11 +13,22 @@ also checks on every delivery, as Fleet does). Revocation reaches Mosquitto thro
 SIGHUP, which makes it read the CRL again (it checks the CRL in new handshakes only).
 ``set_tcp_nodelay`` turns Nagle's algorithm off on client sockets, so that a small packet
 (a CONNACK, a PUBACK) is sent at once, not held back until the client ACKs earlier data.
+
+The CRL ends nothing that is connected: Mosquitto's dynamic security plugin (Mosquitto 2.0)
+does, loaded next to the ACL file with a configuration (:func:`dynamic_security`) whose one
+client is the service identity of ``fleet serve mosquitto-kick``
+(fleet.integrations.mosquitto_kick), allowed the plugin's command and response topics and
+nothing else. Every default access of the plugin is deny, and a plugin that denies by default
+defers to the next check for whatever its roles do not grant: for every other identity the
+ACL file decides, as without the plugin. No device can become that client: a service's name
+and its client ids are never a device id (fleet.registry.names).
 """
 
 from __future__ import annotations
 
+import json
 import string
+import sysconfig
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +36,35 @@ from pathlib import Path
 from fleet.acl import Policy
 
 _ACCESS = {("publish",): "write", ("subscribe",): "read", ("publish", "subscribe"): "readwrite"}
+
+DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
+"""Where the dynamic security plugin takes its commands."""
+DYNSEC_RESPONSE_TOPIC = DYNSEC_TOPIC + "/response"
+"""Where it answers them."""
+KICK_ROLE = "fleet-revocation-kick"
+PLUGIN_FILE = "mosquitto_dynamic_security.so"
+PLUGIN_DIRECTORIES = tuple(  # where Debian, Fedora and ``make install`` put it
+    Path(directory) for directory in (
+        f"/usr/lib/{sysconfig.get_config_var('MULTIARCH') or 'x86_64-linux-gnu'}",
+        "/usr/lib64", "/usr/lib", "/usr/local/lib"))
+
+
+@dataclass(frozen=True, slots=True)
+class DynamicSecurity:
+    plugin: Path
+    """The plugin's shared object, as Mosquitto loads it."""
+    config_file: Path
+    """Its configuration (:func:`dynamic_security`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KickHook:
+    """The service identity of ``fleet serve mosquitto-kick`` and its files."""
+
+    name: str
+    cacertfile: Path
+    certfile: Path
+    keyfile: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +76,7 @@ class Listener:
     keyfile: Path
     crlfile: Path
     acl_file: Path
+    dynamic_security: DynamicSecurity
     user: str | None = None
     """The user Mosquitto switches to when started as root (None: its default, mosquitto)."""
 
@@ -48,6 +89,8 @@ def configuration(listener: Listener) -> str:
         "allow_anonymous false",
         f"acl_file {listener.acl_file}",
         "set_tcp_nodelay true",
+        f"plugin {listener.dynamic_security.plugin}",
+        f"plugin_opt_config_file {listener.dynamic_security.config_file}",
     ]
     if listener.user is not None:
         lines.append(f"user {listener.user}")
@@ -64,6 +107,32 @@ def configuration(listener: Listener) -> str:
         f"crlfile {listener.crlfile}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def find_plugin() -> Path | None:
+    """The dynamic security plugin in the first of PLUGIN_DIRECTORIES that has it."""
+    return next((d / PLUGIN_FILE for d in PLUGIN_DIRECTORIES if (d / PLUGIN_FILE).is_file()),
+                None)
+
+
+def dynamic_security(admin: str) -> str:
+    """The plugin's configuration: one client, *admin* (the CN of the kick hook's service
+    certificate, its user name under ``use_identity_as_username``), allowed to send commands
+    and read the answers; no password (Mosquitto checks none for certificate clients); every
+    default access deny."""
+    configuration = {
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
+                             "subscribe": False, "unsubscribe": False},
+        "clients": [{"username": admin, "textname": "fleet serve mosquitto-kick",
+                     "roles": [{"rolename": KICK_ROLE}]}],
+        "groups": [],
+        "roles": [{"rolename": KICK_ROLE, "acls": [
+            {"acltype": "publishClientSend", "topic": DYNSEC_TOPIC, "allow": True},
+            {"acltype": "subscribeLiteral", "topic": DYNSEC_RESPONSE_TOPIC, "allow": True},
+            {"acltype": "publishClientReceive", "topic": DYNSEC_RESPONSE_TOPIC, "allow": True},
+        ]}],
+    }
+    return json.dumps(configuration, indent=2) + "\n"
 
 
 def acl(policy: Policy, *, devices: Mapping[str, str], services: Iterable[str]) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -119,3 +122,32 @@ def rekey(authority: Authority, old: Credentials) -> Credentials:
     return write_credentials(old.cert.parent / "renewed", old.name, key,
                              pki.certificate_pem(renewed.certificate), renewed.record.serial,
                              old.ca)
+
+
+@pytest.fixture
+def started_mosquitto(tmp_path: Path, tool: Callable[[str], str]
+                      ) -> Iterator[Callable[[Path, int], subprocess.Popen[bytes]]]:
+    """Start the real Mosquitto on a configuration and wait until it listens on port;
+    stopped at the end of the test (a process stopped earlier is left as it is)."""
+    processes: list[subprocess.Popen[bytes]] = []
+    binary = tool("mosquitto")
+
+    def start(conf: Path, port: int) -> subprocess.Popen[bytes]:
+        log = (tmp_path / "mosquitto.log").open("ab")
+        process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+        processes.append(process)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "mosquitto.log").read_text()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return process
+            except OSError:
+                time.sleep(0.05)
+        pytest.fail("mosquitto did not listen")
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(10)

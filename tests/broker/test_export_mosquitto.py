@@ -4,12 +4,13 @@ rewritten and Mosquitto reloads it."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,32 +38,6 @@ def fleet(data_dir: Path, *args: str) -> str:
     result = CliRunner().invoke(app, ["--data-dir", str(data_dir), *args])
     assert result.exit_code == 0, (result.stdout, result.stderr)
     return result.stdout
-
-
-@pytest.fixture
-def started_mosquitto(tmp_path: Path, tool: Callable[[str], str]
-                      ) -> Iterator[Callable[[Path, int], subprocess.Popen[bytes]]]:
-    processes: list[subprocess.Popen[bytes]] = []
-    binary = tool("mosquitto")
-
-    def start(conf: Path, port: int) -> subprocess.Popen[bytes]:
-        log = (tmp_path / "mosquitto.log").open("wb")
-        process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
-        processes.append(process)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "mosquitto.log").read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return process
-            except OSError:
-                time.sleep(0.05)
-        pytest.fail("mosquitto did not listen")
-
-    yield start
-    for process in processes:
-        process.terminate()
-        process.wait(10)
 
 
 def on_mosquitto(device: Credentials, directory: Path) -> Credentials:
@@ -122,7 +97,10 @@ def test_mosquitto_configuration_turns_nagle_off(tmp_path: Path) -> None:
     listener = mosquitto.Listener(host="127.0.0.1", port=8883, cafile=tmp_path / "ca.pem",
                                   certfile=tmp_path / "server.pem",
                                   keyfile=tmp_path / "server.key", crlfile=tmp_path / "crl.pem",
-                                  acl_file=tmp_path / "acl")
+                                  acl_file=tmp_path / "acl",
+                                  dynamic_security=mosquitto.DynamicSecurity(
+                                      plugin=tmp_path / "plugin.so",
+                                      config_file=tmp_path / "dynamic-security.json"))
     assert "set_tcp_nodelay true" in mosquitto.configuration(listener).splitlines()
 
 
@@ -178,3 +156,52 @@ def test_mosquitto_acl_translates_the_topic_policy(settings: Settings) -> None:
     assert "topic write devices/+/commands/#" in ingest
     assert "topic read devices/+/telemetry" in ingest
     assert not any("{" in line for line in lines)
+
+
+def test_mosquitto_export_writes_the_dynamic_security_plugin_and_its_one_admin(
+        data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mosquitto"
+    plugin = tmp_path / "lib" / mosquitto.PLUGIN_FILE
+    fleet(data_dir, "export", "mosquitto", "--out", str(out), "--dynsec-plugin", str(plugin))
+    lines = (out / "mosquitto.conf").read_text().splitlines()
+    assert f"plugin {plugin}" in lines
+    assert f"plugin_opt_config_file {out / 'dynamic-security.json'}" in lines
+    config = json.loads((out / "dynamic-security.json").read_text())
+    assert set(config["defaultACLAccess"].values()) == {False}
+    (client,) = config["clients"]
+    assert client["username"] == "mosquitto-kick"
+    assert "password" not in client
+    (role,) = config["roles"]
+    assert {(a["acltype"], a["topic"], a["allow"]) for a in role["acls"]} == {
+        ("publishClientSend", "$CONTROL/dynamic-security/v1", True),
+        ("subscribeLiteral", "$CONTROL/dynamic-security/v1/response", True),
+        ("publishClientReceive", "$CONTROL/dynamic-security/v1/response", True)}
+    assert (out / "mosquitto-kick.key").stat().st_mode & 0o777 == 0o600
+    shown = json.loads(fleet(data_dir, "cert", "list", "--json"))
+    assert [c.get("service") for c in shown] == ["mosquitto-kick"]
+
+
+def test_mosquitto_export_without_the_plugin_is_refused_and_writes_nothing(
+        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mosquitto, "PLUGIN_DIRECTORIES", (tmp_path / "lib",))
+    out = tmp_path / "mosquitto"
+    for extra in ([], ["--dynsec-plugin", "lib/mosquitto_dynamic_security.so"]):
+        result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "export", "mosquitto",
+                                          "--out", str(out), *extra])
+        assert result.exit_code != 0
+        assert "--dynsec-plugin" in result.stderr
+        assert not out.exists()
+    assert json.loads(fleet(data_dir, "cert", "list", "--json")) == []
+
+
+def test_mosquitto_export_refuses_a_kick_service_named_after_a_device(
+        enroll: Enroll, data_dir: Path, tmp_path: Path) -> None:
+    """A device can never be the plugin's admin: the service name may not be a device's id
+    (fleet.registry.names), so the export is refused and no certificate issued."""
+    enroll("mosquitto-kick")
+    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "export", "mosquitto",
+                                      "--out", str(tmp_path / "mosquitto")])
+    assert result.exit_code != 0
+    assert "collides with device/mosquitto-kick" in result.stderr
+    shown = json.loads(fleet(data_dir, "cert", "list", "--json"))
+    assert [c.get("service") for c in shown] == [None]

@@ -49,6 +49,11 @@ def _groups(declare: Callable[..., None]) -> None:
     declare("sensors")
 
 
+NAMED_NOT_WRITTEN = {"export mosquitto --dynsec-plugin"}
+"""Path options that name a file for another program to open (Mosquitto's plugin, on the
+broker's host), neither read nor written by the CLI."""
+
+
 def _paths_to_write() -> set[str]:
     found: set[str] = set()
 
@@ -70,7 +75,7 @@ def _paths_to_write() -> set[str]:
 
 
 def test_every_output_option_is_covered() -> None:
-    assert _paths_to_write() == set(OUTPUTS)
+    assert _paths_to_write() - NAMED_NOT_WRITTEN == set(OUTPUTS)
 
 
 def _restore_target(fleet: Run, tmp_path: Path, name: str) -> tuple[Run, dict[str, str]]:

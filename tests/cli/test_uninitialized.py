@@ -35,7 +35,8 @@ EXTRA: dict[str, tuple[str, ...]] = {
 }
 """Arguments a command checks before it opens the registry (absent, a usage error)."""
 
-VALUES = {"serial": "01", "api_key_file": "{inputs}/api-key"}
+VALUES = {"serial": "01", "api_key_file": "{inputs}/api-key",
+          "credentials_file": "{inputs}/api-key"}
 """Values for required parameters a placeholder would not satisfy; files to read are in
 ``{inputs}`` (see the fixture)."""
 
