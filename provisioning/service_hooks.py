@@ -77,8 +77,9 @@ class ServiceHooks:
             if identity.kind != "service":
                 raise ForbiddenError(f"{identity} is not a service: only a Fleet service "
                                      "certificate may ask")
-            await self.service.call(self.authority.admit, certificate=certificate,
-                                    chain_verified=True)
+            # The EST listener also accepts manufacturer (vendor) chains in its handshake,
+            # so the handshake does not prove a fleet signature: admission checks it.
+            await self.service.call(self.authority.admit, certificate=certificate)
         except RegistryUnavailableError as exc:
             return self.unavailable(exc)
         except FleetError as exc:
