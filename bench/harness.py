@@ -1,6 +1,6 @@
 """Every benchmark side by side in one run; writes bench/RESULTS.md (``bench/run``).
 
-    bench/run [--quick] [--out FILE] [--keep]
+    bench/run [--quick] [--out FILE] [--keep] [--only PHASE[,PHASE]]
 
 One fixture (a fleet CA, N devices, one service) serves every system. The load generator is
 bench/loadgen/, the same processes for every system. Phases, in order: the TLS handshake
@@ -8,8 +8,9 @@ ceilings (openssl s_server), MQTT connects, QoS 0 and QoS 1 messages (Fleet, Mos
 stock amqtt running side by side, repeats interleaved), idle sessions and revocation at N live
 sessions (one broker at a time), EST enrollment and re-enrollment (Fleet with 1 and 2
 workers, and Fleet's enrollment without its registry as the ceiling), and the device
-simulator (``fleet sim run --spawn-services``). Loopback only; bounded in count and time;
-every process it starts is ended by PID.
+simulator (``fleet sim run --spawn-services``); ``--only`` runs some of them (``PHASES``), and
+the page shows the targets of the others as not measured. Loopback only; bounded in count and
+time; every process it starts is ended by PID.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ PEER = [("fleet", "mosquitto"), ("amqtt", "mosquitto")]
 CONNECT_DEVICES = 200
 PUBLISHERS = 10
 LOAD_PROCESSES = 2
+PHASES = ("ceilings", "brokers", "sessions", "est", "sim")
+"""What ``--only`` chooses from: the handshake ceilings, the broker connect and message tables,
+idle sessions and revocation, EST, the simulator."""
 GLOBALSIGN = "globalsign estserver (issue 13)"
 GLOBALSIGN_FIGURES = {"token enrollments per s": 191.0, "token per server CPU-s": 191.0,
                       "re-enrollments per s": 164.0, "re-enroll per server CPU-s": 154.0}
@@ -529,7 +533,7 @@ def machine() -> list[str]:
     ]
 
 
-def targets(connects: Table, messages: Table, sessions: Table, est: Table,
+def targets(plan: Plan, connects: Table, messages: Table, sessions: Table, est: Table,
             sim: Table) -> list[Target]:
     def ratio(table: Table, row: str) -> Any:
         return lambda: table.ratio(row, "fleet", "mosquitto")
@@ -561,7 +565,7 @@ def targets(connects: Table, messages: Table, sessions: Table, est: Table,
         Target("EST token enrollments per s, 2 workers / 1 worker (SQLite)",
                lambda: est.ratio("token enrollments per s", "fleet x2", "fleet x1"), 1.0,
                at_most=False),
-        Target(f"simulator: {sim.title.split('--devices ')[1].rstrip('`')} devices enrolled "
+        Target(f"simulator: {plan.sim_devices} devices enrolled "
                "and connected, s", lambda: sim.median("time to connect every device, s",
                                                        "fleet"), 120, at_most=True, unit=""),
     ]
@@ -590,14 +594,28 @@ def page(run: Run, header: list[str], tables: list[Table], goals: list[Target]) 
     return "\n".join(lines)
 
 
+def phases(text: str) -> set[str]:
+    """The phases a ``--only`` value names (an argparse type: an unknown name is an error)."""
+    chosen = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = chosen - set(PHASES)
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown phase {', '.join(sorted(unknown)) or '(none)'}: choose from "
+            f"{', '.join(PHASES)}")
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="every benchmark at small counts (a few minutes)")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--only", type=phases, default=set(PHASES), metavar="PHASE[,PHASE]",
+                        help=f"run only these phases, of {', '.join(PHASES)}")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
+    only: set[str] = args.only
 
     def terminate(_signum: int, _frame: Any) -> None:
         raise SystemExit(143)
@@ -614,18 +632,30 @@ def main() -> None:
         logs.mkdir()
         run = Run(plan, fixture, logs, started)
         makers = {"fleet": fleet_broker, "mosquitto": mosquitto, "amqtt": stock_amqtt}
+        connects = messages = ceiling = sessions = est = sim = None
         with ExitStack() as stack:
-            devices = stack.enter_context(connect_pool(run, fixture.devices[:CONNECT_DEVICES]))
-            devices.ready()
-            ceiling = ceilings(run, devices)
-            brokers = {name: stack.enter_context(run.server(make(fixture)))
-                       for name, make in makers.items()}
-            connects, messages = broker_tables(run, brokers, devices)
-        sessions = sessions_table(run, makers)
-        est = est_table(run)
-        sim = simulator(run)
-        text = page(run, header, [connects, ceiling, messages, sessions, est, sim],
-                    targets(connects, messages, sessions, est, sim))
+            if only & {"ceilings", "brokers"}:
+                devices = stack.enter_context(
+                    connect_pool(run, fixture.devices[:CONNECT_DEVICES]))
+                devices.ready()
+            if "ceilings" in only:
+                ceiling = ceilings(run, devices)
+            if "brokers" in only:
+                brokers = {name: stack.enter_context(run.server(make(fixture)))
+                           for name, make in makers.items()}
+                connects, messages = broker_tables(run, brokers, devices)
+        if "sessions" in only:
+            sessions = sessions_table(run, makers)
+        if "est" in only:
+            est = est_table(run)
+        if "sim" in only:
+            sim = simulator(run)
+        measured = [t for t in (connects, ceiling, messages, sessions, est, sim)
+                    if t is not None]
+        blank = Table("", [], [])  # a phase not run: its targets are not measured
+        text = page(run, header, measured, targets(
+            plan, connects or blank, messages or blank, sessions or blank, est or blank,
+            sim or blank))
         args.out.write_text(text)
         say(f"wrote {args.out} in {time.monotonic() - started:.0f} s")
     finally:
