@@ -63,6 +63,8 @@ class Settings:
     organization: str
     database_url: str
     database_busy_timeout: timedelta
+    database_group_commit_max: int
+    database_group_commit_wait: timedelta
     ca_key_type: str
     root_lifetime: timedelta
     issuing_lifetime: timedelta
@@ -151,6 +153,8 @@ _SCHEMA: dict[tuple[str, str], tuple[str, str]] = {
     ("fleet", "organization"): ("organization", "str"),
     ("database", "url"): ("database_url", "str"),
     ("database", "busy_timeout"): ("database_busy_timeout", "duration"),
+    ("database", "group_commit_max"): ("database_group_commit_max", "int"),
+    ("database", "group_commit_wait"): ("database_group_commit_wait", "duration"),
     ("ca", "key_type"): ("ca_key_type", "str"),
     ("ca", "root_lifetime"): ("root_lifetime", "duration"),
     ("ca", "issuing_lifetime"): ("issuing_lifetime", "duration"),
@@ -336,7 +340,7 @@ def _validated(s: Settings) -> Settings:
         "est_max_connections_per_source", "est_max_requests_per_source", "max_connections",
         "max_pending_connections", "max_pending_per_source", "max_queued_messages",
         "max_queued_bytes", "max_packet_bytes", "max_subscriptions", "max_retained_messages",
-        "max_retained_bytes", "audit_refusal_sources",
+        "max_retained_bytes", "audit_refusal_sources", "database_group_commit_max",
     ):
         if getattr(s, attribute) < 1:
             raise bad(attribute, "must be at least 1")

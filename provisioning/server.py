@@ -23,6 +23,7 @@ from aiohttp import web
 from fleet import logs
 from fleet.audit import Aggregate, Flush, RefusalDigest, actor_of
 from fleet.authority import Authority
+from fleet.authority.commits import GroupCommit
 from fleet.authority.groups import require_label_groups
 from fleet.ca import load_ca
 from fleet.errors import ConfigError, FleetError, RegistryUnavailableError
@@ -79,7 +80,9 @@ async def start(settings: Settings, *, host: str, port: int,
     ca = await asyncio.to_thread(load_ca, settings)
     url = settings.effective_database_url
     threads = DB_THREADS["sqlite" if url.startswith("sqlite") else "postgresql"]
-    engine = make_engine(url, pool_size=threads, busy_timeout=settings.database_busy_timeout)
+    # One more connection for the committer of the enrollments' shared transactions.
+    engine = make_engine(url, pool_size=threads + 1,
+                         busy_timeout=settings.database_busy_timeout)
     try:
         await asyncio.to_thread(migrate, engine)
         await asyncio.to_thread(require_label_groups, engine, settings.est_labels)
@@ -90,11 +93,24 @@ async def start(settings: Settings, *, host: str, port: int,
         engine.dispose()
         raise
     executor = ThreadPoolExecutor(threads, thread_name_prefix="est-registry")
+    # Enrollments wait for their shared commit in threads of their own: as many as one batch.
+    enrollments = ThreadPoolExecutor(settings.database_group_commit_max,
+                                     thread_name_prefix="est-enroll")
+    commits = GroupCommit(engine, max_steps=settings.database_group_commit_max,
+                          max_wait=settings.database_group_commit_wait)
     metrics = Metrics()
     digest = RefusalDigest(interval=settings.audit_refusal_interval.total_seconds(),
                            max_sources=settings.audit_refusal_sources)
-    authority = Authority(settings=settings, engine=engine, ca=ca, refusals=digest)
-    service = EstService(authority=authority, executor=executor, metrics=metrics)
+    authority = Authority(settings=settings, engine=engine, ca=ca, refusals=digest,
+                          commits=commits)
+    service = EstService(authority=authority, executor=executor, enrollments=enrollments,
+                         metrics=metrics)
+
+    def release() -> None:
+        for pool in (enrollments, executor):
+            pool.shutdown(wait=True)
+        commits.close()
+        engine.dispose()
 
     async def flush(aggregates: list[Aggregate]) -> None:
         await service.call(authority.record_refusals, aggregates)
@@ -133,8 +149,7 @@ async def start(settings: Settings, *, host: str, port: int,
     except BaseException:
         following.cancel()
         await _stop(listener, runner, digest, flush)
-        executor.shutdown(wait=False)
-        engine.dispose()
+        await asyncio.to_thread(release)
         raise
 
     async def close() -> None:
@@ -142,8 +157,7 @@ async def start(settings: Settings, *, host: str, port: int,
         if metrics_server is not None:
             await metrics_server.close()
         await _stop(listener, runner, digest, flush)
-        await asyncio.to_thread(executor.shutdown, wait=True)
-        engine.dispose()
+        await asyncio.to_thread(release)
 
     log.info("EST service on %s:%d (metrics: %s)", host, bound,
              metrics_server.url if metrics_server is not None else "off")

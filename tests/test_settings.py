@@ -194,6 +194,20 @@ def test_bad_environment_value_names_the_key_and_value(variable: str, value: str
         assert value in message, message
 
 
+def test_group_commit_bounds_default_to_64_requests_and_2ms_and_follow_the_environment(
+        ) -> None:
+    settings = load_settings(environ={})
+    assert settings.database_group_commit_max == 64
+    assert settings.database_group_commit_wait == timedelta(milliseconds=2)
+    settings = load_settings(environ={"FLEET_DATABASE_GROUP_COMMIT_MAX": "8",
+                                      "FLEET_DATABASE_GROUP_COMMIT_WAIT": "10ms"})
+    assert settings.database_group_commit_max == 8
+    assert settings.database_group_commit_wait == timedelta(milliseconds=10)
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"FLEET_DATABASE_GROUP_COMMIT_MAX": "0"})
+    assert info.value.key == "database.group_commit_max"
+
+
 def test_revocation_max_staleness_must_be_longer_than_the_poll_interval() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(environ={"FLEET_BROKER_REVOCATION_MAX_STALENESS": "250ms"})

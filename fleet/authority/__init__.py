@@ -1,7 +1,9 @@
 """The enrollment and lifecycle policy. Every operation is one transaction plus its audit event.
 
 Refusals roll back whatever the operation had started and are audited in a transaction of
-their own, so a refused request changes nothing but the audit log.
+their own, so a refused request changes nothing but the audit log. With group commit
+(fleet.authority.commits, the EST service), concurrent enrollments and renewals share one
+transaction, each in a savepoint of its own, and a refusal is audited in that transaction.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -18,11 +18,11 @@ from sqlmodel import Session
 
 from fleet import pki
 from fleet.audit import Aggregate, RefusalDigest
+from fleet.authority.commits import GroupCommit, Step, conflict
 from fleet.authority.vendor_crl import VendorCrls
 from fleet.ca import CA, Trust, crl_path, load_ca
 from fleet.errors import (
     CertificateNotActiveError,
-    ConflictError,
     DeviceNotActiveError,
     FleetError,
     InvalidTokenError,
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from fleet.authority.crl import SignedCrl
 
 SERIAL_PATTERN = re.compile(r"[0-9a-f]{1,40}")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +62,14 @@ class AuthorityCore:
     def __init__(
         self, *, settings: Settings, engine: Engine, ca: CA | None = None,
         trust: Trust | None = None, clock: Callable[[], datetime] = utcnow,
-        refusals: RefusalDigest | None = None,
+        refusals: RefusalDigest | None = None, commits: GroupCommit | None = None,
     ) -> None:
         """*ca* signs (loaded and unlocked on first use when not given); *trust* alone is
         enough for an Authority that only verifies, such as the broker's. Refusals without a
-        verified identity go to *refusals* when given, else one audit event each."""
+        verified identity go to *refusals* when given, else one audit event each. With
+        *commits*, enrollments and renewals share transactions (group commit)."""
         self.settings = settings
+        self.commits = commits
         self.refusals = refusals
         self.engine = engine
         self._ca = ca
@@ -100,9 +103,7 @@ class AuthorityCore:
                     session.rollback()
                     raise
         except IntegrityError as exc:  # a concurrent transaction got there first
-            first_line = str(exc.orig).splitlines()[0] if exc.orig is not None else ""
-            raise ConflictError(f"the registry changed concurrently; retry ({first_line})") \
-                from exc
+            raise conflict(exc) from exc
 
     def audit(self, session: Session, **fields: object) -> None:
         events_db.record_audit(session=session, now=self.clock(), **fields)  # type: ignore[arg-type]
@@ -112,19 +113,23 @@ class AuthorityCore:
         serial: str | None = None,
     ) -> None:
         """Record a refused operation in its own transaction (never raises on a DB outage)."""
-        detail = {k: v for k, v in error.context.items() if k not in ("device_id", "serial")}
         try:
             with self.transaction() as session:
-                self.audit(
-                    session, action=action, outcome="refused", actor=actor,
-                    device_id=valid_id_or_none(
-                        device_id or _str_or_none(error.context.get("device_id"))),
-                    serial=_valid_serial_or_none(
-                        serial or _str_or_none(error.context.get("serial"))),
-                    reason=f"{type(error).__name__}: {error.message}", detail=detail or None,
-                )
+                self._audit_refused(session, action, error, actor=actor, device_id=device_id,
+                                    serial=serial)
         except FleetError:
             pass
+
+    def _audit_refused(self, session: Session, action: str, error: FleetError, *, actor: str,
+                       device_id: str | None = None, serial: str | None = None) -> None:
+        detail = {k: v for k, v in error.context.items() if k not in ("device_id", "serial")}
+        self.audit(
+            session, action=action, outcome="refused", actor=actor,
+            device_id=valid_id_or_none(
+                device_id or _str_or_none(error.context.get("device_id"))),
+            serial=_valid_serial_or_none(serial or _str_or_none(error.context.get("serial"))),
+            reason=f"{type(error).__name__}: {error.message}", detail=detail or None,
+        )
 
     def refused_unverified(self, action: str, error: FleetError, *, actor: str,
                            device_id: str | None = None) -> None:
@@ -164,6 +169,24 @@ class AuthorityCore:
                 self.audit_refusal(action, error, actor=actor, device_id=device_id,
                                    serial=serial)
             raise
+
+    def _apply(self, action: str, step: Step[T], *, actor: str, device_id: str | None = None,
+               serial: str | None = None) -> T:
+        """Run *step* in a transaction of its own, or with group commit (``commits``) in one
+        shared with concurrent operations; a refusal is audited either way."""
+        if self.commits is None:
+            with self._audited(action, actor=actor, device_id=device_id,
+                               serial=serial) as session:
+                return step(session)
+
+        def refused(session: Session, error: FleetError) -> None:
+            if isinstance(error, InvalidTokenError) and self.refusals is not None:
+                self.refused_unverified(action, error, actor=actor, device_id=device_id)
+            elif not isinstance(error, RegistryUnavailableError):
+                self._audit_refused(session, action, error, actor=actor, device_id=device_id,
+                                    serial=serial)
+
+        return self.commits.apply(step, refused=refused)
 
     def _sign(self, identity: Identity, public_key: CertificatePublicKeyTypes,
               lifetime: timedelta, now: datetime) -> x509.Certificate:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
 from fleet import pki
 from fleet.authority.core import (
@@ -67,7 +68,8 @@ class EnrollmentPolicy(AuthorityCore):
             self.refused_unverified("enroll", error, actor=actor,
                                     device_id=valid_id_or_none(device_id))
             raise
-        with self._audited("enroll", actor=actor, device_id=ident.name) as session:
+
+        def apply(session: Session) -> Issued:
             now = self.clock()
             token = check_token(session, presented, now=now)
             if groups_db.get_group(session=session, name=token.group) is None:
@@ -114,7 +116,9 @@ class EnrollmentPolicy(AuthorityCore):
                        serial=row.serial,
                        detail={"token_id": token.id, "group": device.group,
                                "key": request.key_name, "superseded": superseded})
-        return Issued(cert, row)
+            return Issued(cert, row)
+
+        return self._apply("enroll", apply, actor=actor, device_id=ident.name)
 
 
 def _already_registered(device_id: str) -> ForbiddenError:

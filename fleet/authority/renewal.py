@@ -28,7 +28,8 @@ class RenewalPolicy(AuthorityCore):
     def reenroll(self, *, client_certificate: x509.Certificate, csr: bytes, actor: str) -> Issued:
         """simplereenroll: the current certificate authorizes its own renewal or rekey."""
         serial = serial_hex(client_certificate.serial_number)
-        with self._audited("reenroll", actor=actor, serial=serial) as session:
+
+        def apply(session: Session) -> Issued:
             now = self.clock()
             verdict = pki.verify_leaf(client_certificate,
                                       issuers=self.trust.issuer_certificates,
@@ -71,7 +72,9 @@ class RenewalPolicy(AuthorityCore):
                        device_id=identity.name, serial=row.serial,
                        detail={"replaces": serial, "mode": "rekey" if rekey else "renew",
                                "key": request.key_name})
-        return Issued(cert, row)
+            return Issued(cert, row)
+
+        return self._apply("reenroll", apply, actor=actor, serial=serial)
 
     def _live_record(self, session: Session, cert: x509.Certificate,
                      identity: Identity) -> Certificate:

@@ -131,12 +131,14 @@ def unrevoked_with_key(*, session: Session, spki_sha256: str) -> Sequence[Certif
     return session.exec(statement).all()
 
 
+_KEY_COMPROMISED = sa_select(_TABLE.c.serial).where(
+    _TABLE.c.spki_sha256 == bindparam("spki_sha256"),
+    _TABLE.c.revocation_reason == "keyCompromise").limit(1)
+
+
 def key_compromised(*, session: Session, spki_sha256: str) -> bool:
     """Has a certificate of this public key been revoked for keyCompromise?"""
-    statement = select(Certificate.serial).where(
-        Certificate.spki_sha256 == spki_sha256,
-        Certificate.revocation_reason == "keyCompromise").limit(1)
-    return session.exec(statement).first() is not None
+    return execute(session, _KEY_COMPROMISED, spki_sha256=spki_sha256).first() is not None
 
 
 def revoked_certificates(*, session: Session, now: datetime,

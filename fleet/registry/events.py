@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence, Set
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import overload
@@ -31,15 +32,67 @@ def record_audit(
     reason: str | None = None,
     detail: Mapping[str, object] | None = None,
 ) -> AuditEvent:
+    """Append an audit event to the chain (or, while *session* is ``deferred``, to its list)."""
     event = AuditEvent(
         at=now, action=_fit(action, 64), outcome=_fit(outcome, 16), actor=_fit(actor, 128),
         device_id=_fit(device_id, 64), serial=_fit(serial, 40), reason=_fit(reason, 512),
         detail=json.dumps(dict(detail), sort_keys=True, default=str) if detail else None,
     )
-    event.digest = audit_digest(_chain_head(session), event)
-    inserted = execute(session, _AUDIT_INSERT, **event.model_dump(exclude={"id"}))
-    event.id = inserted.inserted_primary_key[0] if inserted.inserted_primary_key else None
+    pending = session.info.get(_DEFERRED)
+    if pending is not None:
+        pending.append(event)
+    else:
+        _append_audit(session, [event])
     return event
+
+
+Event = AuditEvent | RevocationEvent
+_DEFERRED = "fleet.events.deferred"
+
+
+@contextmanager
+def deferred(session: Session) -> Iterator[list[Event]]:
+    """Collect the events recorded on *session* in the list yielded instead of writing them;
+    ``append_events`` writes them later, in the same transaction.
+
+    A transaction shared by several operations (fleet.authority.commits) appends every
+    event at its end: the locks that keep the audit chain and the revocation ids in line
+    (PostgreSQL) are then taken last, once per transaction, after every row lock, as a single
+    operation takes them, so two such transactions cannot deadlock over them.
+    """
+    outer = session.info.get(_DEFERRED)
+    events: list[Event] = []
+    session.info[_DEFERRED] = events
+    try:
+        yield events
+    finally:
+        if outer is None:
+            del session.info[_DEFERRED]
+        else:
+            session.info[_DEFERRED] = outer
+
+
+def append_events(session: Session, events: Sequence[Event]) -> None:
+    """Write deferred events in their order: the revocation events, then the audit events."""
+    for event in events:
+        if isinstance(event, RevocationEvent):
+            _append_revocation(session, event)
+    audit = [event for event in events if isinstance(event, AuditEvent)]
+    if audit:
+        _append_audit(session, audit)
+
+
+def _append_audit(session: Session, events: Sequence[AuditEvent]) -> None:
+    previous = _chain_head(session)
+    for event in events:
+        event.digest = previous = audit_digest(previous, event)
+    if len(events) == 1:
+        inserted = execute(session, _AUDIT_INSERT, **events[0].model_dump(exclude={"id"}))
+        events[0].id = inserted.inserted_primary_key[0] if inserted.inserted_primary_key \
+            else None
+    else:
+        session.connection().execute(_AUDIT_INSERT,
+                                     [event.model_dump(exclude={"id"}) for event in events])
 
 
 _AUDIT_TABLE = AuditEvent.__table__  # type: ignore[attr-defined]
@@ -174,19 +227,32 @@ def record_revocation(
     *, session: Session, now: datetime, kind: str, serial: str | None = None,
     device_id: str | None = None,
 ) -> RevocationEvent:
+    """Append a revocation event (or, while *session* is ``deferred``, add it to its list)."""
+    event = RevocationEvent(serial=serial, device_id=device_id, kind=kind, created_at=now)
+    pending = session.info.get(_DEFERRED)
+    if pending is not None:
+        pending.append(event)
+    else:
+        _append_revocation(session, event)
+    return event
+
+
+_REVOCATION_INSERT = insert(RevocationEvent.__table__)  # type: ignore[attr-defined]
+
+
+def _append_revocation(session: Session, event: RevocationEvent) -> None:
     postgresql = session.get_bind().dialect.name == "postgresql"
     if postgresql:
         # Ids are handed out in call order but transactions commit in any order; a poller that
         # remembers the last id it saw would skip an id committed after a higher one. Writers
         # take turns until commit (readers are not blocked), so id order is commit order.
         session.connection().exec_driver_sql("LOCK TABLE revocation_events IN EXCLUSIVE MODE")
-    event = RevocationEvent(serial=serial, device_id=device_id, kind=kind, created_at=now)
-    session.add(event)
-    session.flush()
+    key = execute(session, _REVOCATION_INSERT,
+                  **event.model_dump(exclude={"id"})).inserted_primary_key
+    event.id = key[0] if key else None
     if postgresql:
         assert event.id is not None
         announce(session, event.id)  # delivered on commit (fleet.registry.notify)
-    return event
 
 
 def revocations_after(
