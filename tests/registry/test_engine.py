@@ -30,6 +30,18 @@ def test_busy_timeout_setting_defaults_to_30s_and_reaches_sqlite(tmp_path: Path)
         engine.dispose()
 
 
+def test_sqlite_commits_are_durable_wal_with_synchronous_full(tmp_path: Path) -> None:
+    """A commit is synced to disk before it returns (NORMAL would lose the last commits on a
+    power cut): what EST answers 200 for survives."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}", create=True)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    finally:
+        engine.dispose()
+
+
 def test_lock_held_beyond_the_busy_timeout_is_registry_unavailable(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}", create=True,
                          busy_timeout=timedelta(milliseconds=200))
