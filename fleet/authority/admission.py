@@ -16,6 +16,11 @@ sends the retired CA's certificate along with its own.
 Revocation state: a broker that has not confirmed it (no successful poll of the revocation
 events) for longer than ``broker.revocation_max_staleness`` fails closed and refuses new
 connections with 0x03 until a poll succeeds, before asking the registry anything.
+
+The registry check reads the certificate's facts (``AdmissionPolicy.admission_facts``) unless
+the caller passes a lookup in its place: the broker's admission cache
+(fleet.broker.admission_cache), which the revocation events keep current. The checks are the
+same either way.
 """
 
 from __future__ import annotations
@@ -107,6 +112,8 @@ class Candidate:
     """When the broker last confirmed revocation state (its last successful poll); None: not
     known (``fleet diagnose``)."""
     policy: Policy | None = None
+    lookup: FactsLookup | None = None
+    """Where the registry check reads the facts (None: the registry itself)."""
     identity: Identity | None = None
     facts: Row[Any] | None = None
     usable_until: datetime | None = None
@@ -137,6 +144,10 @@ class Skip:
 
     detail: str
 
+
+FactsLookup = Callable[[str], "Row[Any] | None"]
+"""The registry's admission facts of a certificate serial (None: the registry has no such
+certificate): ``AdmissionPolicy.admission_facts`` or a cache in front of it."""
 
 Run = Callable[["AdmissionPolicy", Candidate], "str | Skip"]
 """A check: the detail of its pass, or Skip; a failure raises FleetError."""
@@ -246,8 +257,7 @@ def _revocation_state(authority: AdmissionPolicy, c: Candidate) -> str | Skip:
 def _registry(authority: AdmissionPolicy, c: Candidate) -> str:
     identity = c.identity
     assert identity is not None
-    with unavailable_as_error(), new_session(authority.engine) as session:
-        facts = certs_db.admission_facts(session=session, serial=c.serial)
+    facts = (c.lookup or authority.admission_facts)(c.serial)
     require_registered(c.certificate, identity, facts.fingerprint_sha256 if facts else None,
                        facts.status if facts else None)
     assert facts is not None
@@ -320,14 +330,15 @@ class AdmissionPolicy(AuthorityCore):
                client_id: str | None = None, will_topic: str | None = None,
                sessions_known: bool = False, session_holder: Identity | None = None,
                revocations_confirmed_at: datetime | None = None,
-               policy: Policy | None = None) -> Decision:
+               policy: Policy | None = None, lookup: FactsLookup | None = None) -> Decision:
         """Run ``ADMISSION_CHECKS`` on this connection, now, up to the first failure (see
         Candidate for the arguments)."""
         candidate = Candidate(certificate=certificate, now=self.clock(),
                               chain_verified=chain_verified, client_id=client_id,
                               will_topic=will_topic, sessions_known=sessions_known,
                               session_holder=session_holder,
-                              revocations_confirmed_at=revocations_confirmed_at, policy=policy)
+                              revocations_confirmed_at=revocations_confirmed_at, policy=policy,
+                              lookup=lookup)
         outcomes = tuple(self._outcomes(candidate))
         failed = outcomes[-1].result is Result.FAIL
         return Decision(outcomes, None if failed else candidate.admission())
@@ -357,6 +368,11 @@ class AdmissionPolicy(AuthorityCore):
             raise refusal.error
         assert decision.admission is not None
         return decision.admission
+
+    def admission_facts(self, serial: str) -> Row[Any] | None:
+        """What the registry check decides on for *serial*, read from the registry."""
+        with unavailable_as_error(), new_session(self.engine) as session:
+            return certs_db.admission_facts(session=session, serial=serial)
 
     def revocation_state_problem(self, confirmed_at: datetime, now: datetime) -> str | None:
         """Why revocation state last confirmed at *confirmed_at* is too old to admit anyone

@@ -9,7 +9,9 @@ client id's session (not held, live or stored, by another identity: no connectio
 resume or take over another identity's session, S1, S2, S6), revocation state (confirmed by
 the watcher within ``broker.revocation_max_staleness``, else 0x03: fail closed), registry
 status, superseded grace and the will topic against the publish policy (S4); a refusal gets
-the CONNACK its check names.
+the CONNACK its check names. The registry status comes from the admission cache when it holds
+a trusted entry (fleet.broker.admission_cache: decided on the event loop, no registry read),
+else from the registry on the backend's threads, and the answer is kept if it admits.
 
 Every refusal is audited (the certificate is verified: one event each). An admitted connection
 replaces an earlier connection of the same client id (MQTT-3.1.4-2), is dropped when its
@@ -29,6 +31,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from cryptography import x509
 
@@ -36,6 +39,7 @@ from fleet import pki
 from fleet.acl import Policy
 from fleet.authority import Admission, ConnectReturnCode, serial_hex
 from fleet.broker import packets
+from fleet.broker.admission_cache import AdmissionCache
 from fleet.broker.backend import Audit, Backend, host_of
 from fleet.broker.connection import Connection, ConnectionReader, Connections, connection_of
 from fleet.broker.engine import FleetBroker
@@ -82,7 +86,7 @@ class Gate:
     def __init__(self, *, settings: Settings, backend: Backend, audit: Audit, policy: Policy,
                  broker: FleetBroker, connections: Connections,
                  revocations_confirmed_at: Callable[[], datetime],
-                 metrics: BrokerMetrics) -> None:
+                 admissions: AdmissionCache, metrics: BrokerMetrics) -> None:
         self._trust_domain = settings.trust_domain
         self._timeout = settings.connect_timeout.total_seconds()
         self._max_connect = min(settings.max_packet_bytes, MAX_CONNECT_BYTES)
@@ -93,6 +97,7 @@ class Gate:
         self._broker = broker
         self._connections = connections
         self._confirmed_at = revocations_confirmed_at
+        self._admissions = admissions
         self._metrics = metrics
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -154,10 +159,17 @@ class Gate:
     async def _admit(self, connection: Connection, connect: Connect,
                      certificate: x509.Certificate) -> Admission:
         connection.admitted_at = utcnow()
-        decision = await self._backend.assess(
-            certificate, client_id=connect.client_id, will_topic=connect.will_topic,
-            sessions_known=True, session_holder=self._owner(connect.client_id),
+        connecting: dict[str, Any] = dict(
+            client_id=connect.client_id, will_topic=connect.will_topic, sessions_known=True,
+            session_holder=self._owner(connect.client_id),
             revocations_confirmed_at=self._confirmed_at(), policy=self._policy)
+        cached = self._admissions.hit(connection.serial)
+        if cached is not None:
+            decision = self._backend.assess_here(certificate, lookup=lambda _: cached,
+                                                 **connecting)
+        else:
+            decision = await self._backend.assess(certificate, lookup=self._admissions.read,
+                                                  **connecting)
         refusal = decision.refusal
         if refusal is not None:
             assert refusal.error is not None

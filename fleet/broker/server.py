@@ -163,7 +163,7 @@ async def _start(settings: Settings, *, host: str, port: int, policy: Policy,
                                 metrics=metrics)
     gate = Gate(settings=settings, backend=backend, audit=audit, policy=policy, broker=broker,
                 connections=connections, revocations_confirmed_at=lambda: watcher.confirmed_at,
-                metrics=metrics)
+                admissions=watcher.admissions, metrics=metrics)
 
     def handshake_refused(error: FleetError) -> None:
         audit.unverified("broker.handshake", error)

@@ -6,8 +6,10 @@ PostgreSQL announces one (fleet.registry.notify: the announcement wakes the poll
 the events; only a successful poll confirms revocation state). An event naming a
 certificate serial drops every connection that presented that certificate; an event naming
 only a device (device revoked or suspended) drops every connection of that device. The
-dropped identity's will is not published. Reconnects are refused by the gate, which asks the
-registry on every CONNECT; a resumed device is admitted again.
+dropped identity's will is not published. Reconnects are refused by the gate: the watcher
+keeps its admission cache (fleet.broker.admission_cache) current, removing what an event names
+before it drops that event's connections, and the gate asks the registry about every
+certificate the cache does not answer for; a resumed device is admitted again.
 
 Once the dropped connections are gone (so nothing they sent is still being routed), the
 identity's leftovers are purged, and one ``broker.purge`` event records the counts:
@@ -54,7 +56,9 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable
+from datetime import datetime
 
+from fleet.broker.admission_cache import AdmissionCache
 from fleet.broker.backend import Audit, Backend
 from fleet.broker.connection import Connection, Connections, connection_of
 from fleet.broker.engine import FleetBroker
@@ -96,6 +100,10 @@ class RevocationWatcher:
         self._last_error: str | None = None
         self.wakeup = Wakeup.of(self._authority.engine, name="broker revocation watcher",
                                 listen=self._authority.settings.revocation_push)
+        self.admissions = AdmissionCache(read=self._authority.admission_facts,
+                                         confirmed_at=self._confirmed_unless_failing,
+                                         clock=self._authority.clock)
+        """The gate's admission cache, current as of the last successful poll."""
 
     async def start(self) -> None:
         """Start after the newest event: earlier ones are checked at CONNECT anyway."""
@@ -104,6 +112,10 @@ class RevocationWatcher:
         self.confirmed_at = started
         self.wakeup.start()
         self._task = asyncio.create_task(self._run(), name="fleet-revocation-watcher")
+
+    def _confirmed_unless_failing(self) -> datetime | None:
+        """When revocation state was last confirmed (None while the latest poll failed)."""
+        return None if self.failures else self.confirmed_at
 
     def poll_age(self) -> float:
         """Seconds since revocation state was last confirmed."""
@@ -166,6 +178,7 @@ class RevocationWatcher:
                 self._last = event.id or self._last
 
     def apply(self, event: RevocationEvent) -> None:
+        self.admissions.invalidate(event)  # first: a reconnect after the drop is read afresh
         if event.serial:
             targets = self._connections.with_serial(event.serial)
             reason = f"certificate {event.serial} {event.kind}"

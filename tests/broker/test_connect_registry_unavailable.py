@@ -1,9 +1,10 @@
 """A CONNECT the registry cannot decide is refused with CONNACK 0x03 (server unavailable).
 
 The broker runs on a PostgreSQL cluster of its own, which is stopped once a device has been
-admitted: the admission's registry query then fails and the next CONNECT reads 0x03, logged
-with the registry's error. ``broker.revocation_max_staleness`` is set far beyond the test,
-so the refusal cannot come from the revocation watcher's staleness check (also 0x03).
+admitted: the admission's registry query of a device it has not admitted yet (so not in the
+admission cache) then fails and its CONNECT reads 0x03, logged with the registry's error.
+``broker.revocation_max_staleness`` is set far beyond the test, so the refusal cannot come
+from the revocation watcher's staleness check (also 0x03).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def test_connect_refused_server_unavailable_when_the_registry_query_fails(
     authority = Authority(settings=settings.with_overrides(database_url=cluster.url),
                           engine=engine, ca=ca)
     device = enroll("d1", authority=authority)
+    other = enroll("d2", authority=authority)
     engine.dispose()
     broker = start_broker(database_url=cluster.url, revocation_max_staleness="1h")
     with tls_socket(broker.port, device) as sock:
@@ -73,11 +75,37 @@ def test_connect_refused_server_unavailable_when_the_registry_query_fails(
 
     cluster.stop()
     caplog.set_level(logging.INFO, logger="fleet.broker")
-    with tls_socket(broker.port, device) as sock:
-        sock.sendall(connect_packet("d1"))
+    with tls_socket(broker.port, other) as sock:
+        sock.sendall(connect_packet("d2"))
         assert read_connack(sock) == ConnectReturnCode.SERVER_UNAVAILABLE
         assert received_until_closed(sock, 5) == b""
     refusals = [r.getMessage() for r in caplog.records
                 if r.getMessage().startswith("refused broker.connect")]
     assert len(refusals) == 1
     assert "registry database unavailable" in refusals[0]
+
+
+def test_admission_cache_not_trusted_once_a_revocation_poll_failed(
+        cluster: Cluster, settings: Settings, ca: CA, enroll: Enroll,
+        start_broker: StartBroker) -> None:
+    """A device the admission cache holds is not admitted from it while the registry is out of
+    reach: from the watcher's first failed poll its CONNECT asks the registry, and reads 0x03."""
+    engine = make_engine(cluster.url)
+    migrate(engine)
+    authority = Authority(settings=settings.with_overrides(database_url=cluster.url),
+                          engine=engine, ca=ca)
+    device = enroll("d1", authority=authority)
+    engine.dispose()
+    broker = start_broker(database_url=cluster.url, revocation_max_staleness="1h")
+    assert broker.server is not None
+    watcher = broker.server.watcher
+    with tls_socket(broker.port, device) as sock:
+        sock.sendall(connect_packet("d1"))
+        assert read_connack(sock) == ConnectReturnCode.ACCEPTED
+    assert broker.wait_for(lambda: watcher.admissions.hit(device.serial) is not None)
+
+    cluster.stop()
+    assert broker.wait_for(lambda: watcher.failures > 0)
+    with tls_socket(broker.port, device) as sock:
+        sock.sendall(connect_packet("d1"))
+        assert read_connack(sock) == ConnectReturnCode.SERVER_UNAVAILABLE
