@@ -61,7 +61,9 @@ class AdmissionCache:
         self._clock = clock
         self._max_entries = max_entries
         self._entries: dict[str, _Entry] = {}
-        self._by_device: dict[str, set[str]] = {}
+        self._by_device: dict[str, list[str]] = {}
+        """The serials kept of each device (a list: one or two, and a third the size of a
+        set)."""
         self._lock = threading.Lock()
         self._epoch = 0
         """Counts invalidations: a read that saw it change while in flight is not kept."""
@@ -98,7 +100,7 @@ class AdmissionCache:
             if event.serial:
                 self._forget(event.serial)
             if event.device_id:
-                for serial in self._by_device.pop(event.device_id, set()):
+                for serial in self._by_device.pop(event.device_id, []):
                     self._forget(serial)
             if not event.serial and not event.device_id:
                 self._entries.clear()
@@ -110,15 +112,15 @@ class AdmissionCache:
             self._forget(next(iter(self._entries)))
         self._entries[serial] = entry
         if entry.facts.device_id:
-            self._by_device.setdefault(entry.facts.device_id, set()).add(serial)
+            self._by_device.setdefault(entry.facts.device_id, []).append(serial)
 
     def _forget(self, serial: str) -> None:
         entry = self._entries.pop(serial, None)
         device_id = entry.facts.device_id if entry is not None else None
         if device_id:
             serials = self._by_device.get(device_id)
-            if serials is not None:
-                serials.discard(serial)
+            if serials is not None and serial in serials:
+                serials.remove(serial)
                 if not serials:
                     del self._by_device[device_id]
 
