@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from fleet import pki
@@ -72,7 +71,7 @@ class EnrollmentPolicy(AuthorityCore):
         def apply(session: Session) -> Issued:
             now = self.clock()
             token = check_token(session, presented, now=now)
-            if groups_db.get_group(session=session, name=token.group) is None:
+            if not groups_db.declared(session=session, name=token.group):
                 raise ForbiddenError(f"token {token.id} is for group {token.group!r}, which is "
                                      "not declared", token_id=token.id)
             if group is not None and token.group != group:
@@ -93,13 +92,12 @@ class EnrollmentPolicy(AuthorityCore):
             superseded: list[str] = []
             if device is None:
                 names_db.require_disjoint(session=session, identity=ident)
-                try:  # another enrollment of the same new device may have committed meanwhile
-                    with session.begin_nested():
-                        device = devices_db.create_device(session=session, device_id=ident.name,
-                                                          group=token.group,
-                                                          status=DeviceStatus.ACTIVE, now=now)
-                except IntegrityError as exc:
-                    raise _already_registered(ident.name) from exc
+                # Another enrollment of the same new device may have committed meanwhile.
+                device = devices_db.create_device_if_absent(
+                    session=session, device_id=ident.name, group=token.group,
+                    status=DeviceStatus.ACTIVE, now=now)
+                if device is None:
+                    raise _already_registered(ident.name)
             else:  # re-provisioning with a token bound to this device
                 devices_db.set_device_status(session=session, device=device,
                                              status=DeviceStatus.ACTIVE, reason=None, now=now)

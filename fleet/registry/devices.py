@@ -7,6 +7,8 @@ from datetime import datetime
 
 from sqlalchemy import bindparam, delete, insert, update
 from sqlalchemy import select as sa_select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from fleet.registry.engine import execute
@@ -37,6 +39,23 @@ def create_device(
     device = Device(id=device_id, group=group, status=status, created_at=now, updated_at=now)
     execute(session, _INSERT, **device.model_dump())
     return device
+
+
+_INSERT_IF_ABSENT = {
+    "sqlite": sqlite_insert(_TABLE).on_conflict_do_nothing().returning(_TABLE.c.id),
+    "postgresql": postgresql_insert(_TABLE).on_conflict_do_nothing().returning(_TABLE.c.id),
+}
+
+
+def create_device_if_absent(
+    *, session: Session, device_id: str, group: str, status: DeviceStatus, now: datetime
+) -> Device | None:
+    """Create the device unless a row of that id exists, committed meanwhile by a concurrent
+    transaction (on PostgreSQL the insert waits for it): None then, and nothing written."""
+    device = Device(id=device_id, group=group, status=status, created_at=now, updated_at=now)
+    statement = _INSERT_IF_ABSENT[session.get_bind().dialect.name]
+    inserted = execute(session, statement, **device.model_dump()).first()
+    return device if inserted is not None else None
 
 
 def set_device_status(

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import event
-from sqlalchemy.engine import CursorResult, Engine, make_url
+from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.base import Executable
@@ -131,7 +131,22 @@ def execute(session: Session, statement: Executable, **params: Any) -> CursorRes
     The hot paths (enrollment, renewal, admission) build their statements once at import and
     bind parameters per call: no ORM unit of work, no per-call statement construction.
     """
-    return session.connection().execute(statement, params)
+    return _connection(session).execute(statement, params)
+
+
+_CONNECTION = "fleet.connection"
+
+
+def _connection(session: Session) -> Connection:
+    """The session's connection, looked up once per transaction (Session.connection() costs
+    more than a short statement)."""
+    transaction = session.get_transaction()
+    cached = session.info.get(_CONNECTION)
+    if cached is not None and transaction is not None and cached[0] is transaction:
+        return cached[1]  # type: ignore[no-any-return]
+    connection = session.connection()
+    session.info[_CONNECTION] = (session.get_transaction(), connection)
+    return connection
 
 
 def session(engine: Engine) -> Session:

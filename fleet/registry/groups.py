@@ -58,6 +58,14 @@ def get_group(*, session: Session, name: str, lock: Lock | None = None) -> Group
     return Group(**row) if row else None
 
 
+_DECLARED = sa_select(_TABLE.c.name).where(_TABLE.c.name == bindparam("name"))
+
+
+def declared(*, session: Session, name: str) -> bool:
+    """Whether the group *name* is declared."""
+    return execute(session, _DECLARED, name=name).first() is not None
+
+
 def add_group(*, session: Session, group: Group) -> Group:
     execute(session, _INSERT, **group.model_dump())
     return group

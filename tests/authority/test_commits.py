@@ -125,36 +125,33 @@ def test_nothing_is_answered_before_its_commit_and_a_failed_commit_fails_every_m
         fleet.enroll(f"dev-{number}", token)
 
 
-def test_a_batch_holds_at_most_max_steps(fleet: Fleet) -> None:
-    commits = GroupCommit(fleet.authority.engine, max_steps=2,
-                          max_wait=timedelta(milliseconds=50))
+def test_a_batch_holds_at_most_max_steps_and_waits_at_most_max_wait(fleet: Fleet) -> None:
+    """A committer that would wait (up to WAIT) for a full batch of two commits four steps
+    as two batches of two; one that waits 20 ms for 64 commits a lone step alone."""
     sessions: list[int] = []
     lock = threading.Lock()
-    gate = threading.Event()
 
     def step(session: Session) -> int:
         with lock:
             sessions.append(id(session))
-        return len(sessions)
+            return len(sessions)
 
     def refused(_session: Session, _error: FleetError) -> None:
         raise AssertionError("no step refuses")
 
-    def held(_connection: Any) -> None:
-        assert gate.wait(WAIT)  # the first commit waits until every step is queued
-
-    event.listen(fleet.authority.engine, "commit", held)
+    pairs = GroupCommit(fleet.authority.engine, max_steps=2, max_wait=timedelta(seconds=WAIT))
+    lone = GroupCommit(fleet.authority.engine, max_steps=64,
+                       max_wait=timedelta(milliseconds=20))
     try:
-        with ThreadPoolExecutor(5) as pool:
-            futures = [pool.submit(commits.apply, step, refused=refused) for _ in range(5)]
-            gate.set()
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(pairs.apply, step, refused=refused) for _ in range(4)]
+            assert sorted(f.result(timeout=WAIT) for f in futures) == [1, 2, 3, 4]
+        assert [sessions.count(s) for s in dict.fromkeys(sessions)] == [2, 2]
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(lone.apply, step, refused=refused).result(timeout=WAIT) == 5
     finally:
-        event.remove(fleet.authority.engine, "commit", held)
-        commits.close()
-    assert sorted(f.result() for f in futures) == [1, 2, 3, 4, 5]
-    sizes = [sessions.count(s) for s in dict.fromkeys(sessions)]
-    assert max(sizes) == 2, sizes
-    assert sum(sizes) == 5
+        pairs.close()
+        lone.close()
 
 
 def test_a_closed_committer_refuses_new_steps(fleet: Fleet) -> None:
