@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from fleet.acl import Grants
+from fleet.integrations.tlsfiles import TlsFiles
 
 AUTHN_PATH = "/emqx/authn"
 AUTHZ_PATH = "/emqx/authz"
@@ -84,18 +84,14 @@ class Endpoint:
 
     url: str
     """https://host:port of the provisioning service."""
-    cacertfile: Path
-    certfile: Path
-    keyfile: Path
+    tls: TlsFiles
 
 
 @dataclass(frozen=True, slots=True)
 class Listener:
     host: str
     port: int
-    cacertfile: Path
-    certfile: Path
-    keyfile: Path
+    tls: TlsFiles
 
 
 def configuration(listener: Listener, fleet: Endpoint) -> str:
@@ -109,9 +105,7 @@ def configuration(listener: Listener, fleet: Endpoint) -> str:
         "listeners.wss.default.enable = false",
         "listeners.ssl.default {",
         f"  bind = {_value(f'{listener.host}:{listener.port}')}",
-        _block("ssl_options", {"cacertfile": str(listener.cacertfile),
-                               "certfile": str(listener.certfile),
-                               "keyfile": str(listener.keyfile),
+        _block("ssl_options", {**_files(listener.tls),
                                "verify": "verify_peer", "fail_if_no_peer_cert": True,
                                "versions": ["tlsv1.3", "tlsv1.2"]}, indent=2),
         "}",
@@ -149,10 +143,13 @@ def _http_backend(fleet: Endpoint, body: dict[str, str], *, indent: int) -> list
     """The headers, request body and client TLS of an HTTP backend pointed at Fleet."""
     return [_block("headers", {"content-type": "application/json"}, indent=indent),
             _block("body", dict(body), indent=indent),
-            _block("ssl", {"enable": True, "verify": "verify_peer",
-                           "cacertfile": str(fleet.cacertfile),
-                           "certfile": str(fleet.certfile), "keyfile": str(fleet.keyfile)},
+            _block("ssl", {"enable": True, "verify": "verify_peer", **_files(fleet.tls)},
                    indent=indent)]
+
+
+def _files(tls: TlsFiles) -> dict[str, object]:
+    return {"cacertfile": str(tls.cacertfile), "certfile": str(tls.certfile),
+            "keyfile": str(tls.keyfile)}
 
 
 def _block(name: str, values: dict[str, object], *, indent: int) -> str:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.acl import Policy
+from fleet.integrations.tlsfiles import TlsFiles
 
 _ACCESS = {("publish",): "write", ("subscribe",): "read", ("publish", "subscribe"): "readwrite"}
 
@@ -58,22 +59,10 @@ class DynamicSecurity:
 
 
 @dataclass(frozen=True, slots=True)
-class KickHook:
-    """The service identity of ``fleet serve mosquitto-kick`` and its files."""
-
-    name: str
-    cacertfile: Path
-    certfile: Path
-    keyfile: Path
-
-
-@dataclass(frozen=True, slots=True)
 class Listener:
     host: str
     port: int
-    cafile: Path
-    certfile: Path
-    keyfile: Path
+    tls: TlsFiles
     crlfile: Path
     acl_file: Path
     dynamic_security: DynamicSecurity
@@ -97,9 +86,9 @@ def configuration(listener: Listener) -> str:
     lines += [
         "",
         f"listener {listener.port} {listener.host}",
-        f"cafile {listener.cafile}",
-        f"certfile {listener.certfile}",
-        f"keyfile {listener.keyfile}",
+        f"cafile {listener.tls.cacertfile}",
+        f"certfile {listener.tls.certfile}",
+        f"keyfile {listener.tls.keyfile}",
         "tls_version tlsv1.2",
         "require_certificate true",
         "use_identity_as_username true",

@@ -29,6 +29,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.integrations.tlsfiles import TlsFiles
+
 USER_PATH = "/rabbitmq/user"
 VHOST_PATH = "/rabbitmq/vhost"
 RESOURCE_PATH = "/rabbitmq/resource"
@@ -66,18 +68,14 @@ class Endpoint:
     url: str
     """https://host:port of the provisioning service (the host must be one the service's
     certificate names: Erlang's TLS client checks it)."""
-    cacertfile: Path
-    certfile: Path
-    keyfile: Path
+    tls: TlsFiles
 
 
 @dataclass(frozen=True, slots=True)
 class Listener:
     host: str
     port: int
-    cacertfile: Path
-    certfile: Path
-    keyfile: Path
+    tls: TlsFiles
     management_port: int
     definitions: Path
 
@@ -90,9 +88,9 @@ def configuration(listener: Listener, fleet: Endpoint) -> str:
         "listeners.tcp = none",
         "mqtt.listeners.tcp = none",
         f"mqtt.listeners.ssl.default = {_address(listener.host, listener.port)}",
-        f"ssl_options.cacertfile = {listener.cacertfile}",
-        f"ssl_options.certfile = {listener.certfile}",
-        f"ssl_options.keyfile = {listener.keyfile}",
+        f"ssl_options.cacertfile = {listener.tls.cacertfile}",
+        f"ssl_options.certfile = {listener.tls.certfile}",
+        f"ssl_options.keyfile = {listener.tls.keyfile}",
         "ssl_options.verify = verify_peer",
         "ssl_options.fail_if_no_peer_cert = true",
         "ssl_options.depth = 3",
@@ -128,9 +126,9 @@ def configuration(listener: Listener, fleet: Endpoint) -> str:
 def advanced_config(fleet: Endpoint) -> str:
     """advanced.config: the client TLS of the HTTP auth backend (its certificate, Fleet's CA
     chain, verify_peer), which rabbitmq.conf cannot set in 3.10."""
-    options = ", ".join([f"{{cacertfile, {_erlang_string(fleet.cacertfile)}}}",
-                         f"{{certfile, {_erlang_string(fleet.certfile)}}}",
-                         f"{{keyfile, {_erlang_string(fleet.keyfile)}}}",
+    options = ", ".join([f"{{cacertfile, {_erlang_string(fleet.tls.cacertfile)}}}",
+                         f"{{certfile, {_erlang_string(fleet.tls.certfile)}}}",
+                         f"{{keyfile, {_erlang_string(fleet.tls.keyfile)}}}",
                          "{verify, verify_peer}", "{depth, 3}",
                          "{versions, ['tlsv1.3', 'tlsv1.2']}"])
     return ("%% Written by `fleet export rabbitmq`; re-run it rather than editing this file.\n"

@@ -20,6 +20,7 @@ from fleet.acl import load_policy
 from fleet.authority import Authority
 from fleet.cli.app import app
 from fleet.integrations import mosquitto
+from fleet.integrations.tlsfiles import TlsFiles
 from fleet.settings import Settings
 
 from .conftest import Enroll
@@ -94,9 +95,9 @@ def test_mosquitto_admits_enrolled_devices_confines_them_and_refuses_a_revoked_o
 
 
 def test_mosquitto_configuration_turns_nagle_off(tmp_path: Path) -> None:
-    listener = mosquitto.Listener(host="127.0.0.1", port=8883, cafile=tmp_path / "ca.pem",
-                                  certfile=tmp_path / "server.pem",
-                                  keyfile=tmp_path / "server.key", crlfile=tmp_path / "crl.pem",
+    listener = mosquitto.Listener(host="127.0.0.1", port=8883,
+                                  tls=TlsFiles.named(tmp_path, "server"),
+                                  crlfile=tmp_path / "crl.pem",
                                   acl_file=tmp_path / "acl",
                                   dynamic_security=mosquitto.DynamicSecurity(
                                       plugin=tmp_path / "plugin.so",
