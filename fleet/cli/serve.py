@@ -10,12 +10,13 @@ installation without them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, cast
 
@@ -129,6 +130,11 @@ def broker(
         serve(settings, host=settings.broker_host, port=settings.broker_port)
 
 
+ApiCaFileOption = Annotated[Path | None, typer.Option(
+    "--cafile", exists=True, dir_okay=False,
+    help="CA certificates for an https:// API URL (default: the system's).")]
+
+
 @app.command("emqx-kick")
 def emqx_kick(
     ctx: typer.Context,
@@ -137,9 +143,7 @@ def emqx_kick(
     api_key_file: Annotated[Path, typer.Option(
         "--api-key-file", exists=True, dir_okay=False,
         help="File holding the EMQX API key as KEY:SECRET.")],
-    cafile: Annotated[Path | None, typer.Option(
-        "--cafile", exists=True, dir_okay=False,
-        help="CA certificates for an https:// API URL (default: the system's).")] = None,
+    cafile: ApiCaFileOption = None,
 ) -> None:
     """Kick revoked and suspended clients off EMQX, following the revocation events."""
     from fleet.integrations.emqx_kick import EmqxKicker, parse_api_key
@@ -148,8 +152,7 @@ def emqx_kick(
     api_key = parse_api_key(api_key_file.read_text(encoding="utf-8"))
     kicker = EmqxKicker(authority=fleet.authority, api_url=api_url, api_key=api_key,
                         ssl_context=_client_context(cafile))
-    configure_logs(fleet.settings)
-    asyncio.run(_run_hook(kicker, f"EMQX kick hook following revocations for {api_url}"))
+    _follow(kicker, fleet.settings, api_url)
 
 
 @app.command("rabbitmq-close")
@@ -162,9 +165,7 @@ def rabbitmq_close(
         "--credentials-file", exists=True, dir_okay=False,
         help="File holding the management user as USER:PASSWORD (`fleet export rabbitmq` "
         "writes management.credentials).")],
-    cafile: Annotated[Path | None, typer.Option(
-        "--cafile", exists=True, dir_okay=False,
-        help="CA certificates for an https:// API URL (default: the system's).")] = None,
+    cafile: ApiCaFileOption = None,
 ) -> None:
     """Close revoked and suspended clients' RabbitMQ connections, following the revocation
     events."""
@@ -176,8 +177,7 @@ def rabbitmq_close(
                                     what="a RabbitMQ management user")
     closer = RabbitmqCloser(authority=fleet.authority, api_url=api_url,
                             credentials=credentials, ssl_context=_client_context(cafile))
-    configure_logs(fleet.settings)
-    asyncio.run(_run_hook(closer, f"RabbitMQ close hook following revocations for {api_url}"))
+    _follow(closer, fleet.settings, api_url)
 
 
 @app.command("mosquitto-kick")
@@ -214,28 +214,44 @@ def mosquitto_kick(
         raise FleetError(f"{cert}, {key}, {cafile}: {exc}") from None
     kicker = MosquittoKicker(authority=authority, host=host, port=port,
                              name=identity.name, ssl_context=context)
-    configure_logs(authority.settings)
-    asyncio.run(_run_hook(kicker, f"Mosquitto kick hook following revocations for "
-                                  f"{host}:{port} as {identity}"))
+    _follow(kicker, authority.settings, f"{host}:{port} as {identity}")
 
 
 def _client_context(cafile: Path | None) -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=str(cafile)) if cafile else None
 
 
+def _follow(hook: Hook, settings: Settings, target: str) -> None:
+    """Run *hook* until SIGINT or SIGTERM, logging as *settings* say; once it follows the
+    revocation events, say so, naming the broker it acts on (*target*)."""
+    configure_logs(settings)
+    asyncio.run(_run_hook(hook, f"{hook.what} following revocations for {target}"))
+
+
 async def _run_hook(hook: Hook, banner: str) -> None:
-    """Run *hook* until SIGINT or SIGTERM; *banner* once it follows."""
+    with _stop_on_signals() as stop:
+        await hook.start()
+        say(banner)
+        sys.stdout.flush()
+        try:
+            await stop.wait()
+        finally:
+            await hook.close()
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event SIGINT or SIGTERM sets, within the block (a signal after it has the default
+    effect)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await hook.start()
-    say(banner)
-    sys.stdout.flush()
     try:
-        await stop.wait()
+        yield stop
     finally:
-        await hook.close()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 def up(
@@ -266,30 +282,26 @@ def up(
 
 
 async def _run_both(settings: Settings, start_est: Start, start_broker: Start) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     running: list[RunningServer] = []
     try:
-        est_server = await start_est(settings, host=settings.est_host, port=settings.est_port)
-        running.append(est_server)
-        mqtt_server = await start_broker(settings, host=settings.broker_host,
-                                         port=settings.broker_port)
-        running.append(mqtt_server)
-        say(f"EST listening on https://{_authority(settings.est_host, est_server.port)}"
-            "/.well-known/est")
-        say(f"MQTT listening on mqtts://{_authority(settings.broker_host, mqtt_server.port)}")
-        for name, server in (("EST", est_server), ("MQTT", mqtt_server)):
-            if server.metrics_url is not None:
-                say(f"{name} metrics: {server.metrics_url}")
-        say(f"data dir: {settings.data_dir}")
-        sys.stdout.flush()
-        await stop.wait()
-        log.info("stopping")
+        with _stop_on_signals() as stop:
+            est_server = await start_est(settings, host=settings.est_host,
+                                         port=settings.est_port)
+            running.append(est_server)
+            mqtt_server = await start_broker(settings, host=settings.broker_host,
+                                             port=settings.broker_port)
+            running.append(mqtt_server)
+            say(f"EST listening on https://{_authority(settings.est_host, est_server.port)}"
+                "/.well-known/est")
+            say(f"MQTT listening on mqtts://{_authority(settings.broker_host, mqtt_server.port)}")
+            for name, server in (("EST", est_server), ("MQTT", mqtt_server)):
+                if server.metrics_url is not None:
+                    say(f"{name} metrics: {server.metrics_url}")
+            say(f"data dir: {settings.data_dir}")
+            sys.stdout.flush()
+            await stop.wait()
+            log.info("stopping")
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
         results = await asyncio.gather(*(server.close() for server in reversed(running)),
                                        return_exceptions=True)
         for result in results:
