@@ -18,7 +18,6 @@ are folded into the next interval's, so an outage loses no count.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from datetime import datetime
 
 from fleet.errors import FleetError
 from fleet.registry.models import utcnow
+from fleet.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,8 @@ class RefusalDigest:
 
     async def stop(self, flush: Flush) -> None:
         """Stop the periodic flush and hand over what the current interval holds."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         await self._flush(flush)
 
     async def _run(self, flush: Flush) -> None:

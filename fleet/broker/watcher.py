@@ -52,7 +52,6 @@ enforced either way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -67,6 +66,7 @@ from fleet.errors import FleetError
 from fleet.pki import Identity
 from fleet.registry.models import RevocationEvent, utcnow
 from fleet.registry.notify import Wakeup
+from fleet.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,7 @@ class RevocationWatcher:
                       detail=problem)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         await self.wakeup.close()
         if self._purges:
             await asyncio.wait(set(self._purges), timeout=_FINISH_WAIT)

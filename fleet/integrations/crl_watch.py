@@ -22,7 +22,6 @@ Run both under one supervisor (with systemd: a unit for the watch with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -38,6 +37,7 @@ from fleet.registry import certificates as certs_db
 from fleet.registry.engine import session as new_session
 from fleet.registry.engine import unavailable_as_error
 from fleet.registry.models import RevocationEvent
+from fleet.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +150,7 @@ class CrlWatch:
                     log.warning("CRL rewrite failed, retrying in %gs: %s", RETRY_DELAY, exc)
                     self.refresh_at = self._authority.clock() + timedelta(seconds=RETRY_DELAY)
         finally:
-            if exited is not None:
-                exited.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await exited
+            await cancel(exited)
             await follower.close()
 
     async def _event(self, _event: RevocationEvent) -> None:

@@ -13,7 +13,6 @@ never stops following.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +20,7 @@ from fleet.authority.admission import AdmissionPolicy
 from fleet.errors import FleetError
 from fleet.registry.models import RevocationEvent
 from fleet.registry.notify import Wakeup
+from fleet.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,8 @@ class RevocationFollower:
         self._task = asyncio.create_task(self._follow(), name=f"{self._name}-follow")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         await self.wakeup.close()
 
     async def _follow(self) -> None:

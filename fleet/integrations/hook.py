@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -33,6 +32,7 @@ from fleet.registry import certificates as certs_db
 from fleet.registry.engine import session as new_session
 from fleet.registry.engine import unavailable_as_error
 from fleet.registry.models import RevocationEvent
+from fleet.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class Hook:
         self._senders = senders
         self._retry = retry or Retry()
         self._tasks: list[asyncio.Task[None]] = []
+        self._again: set[asyncio.Task[None]] = set()
         self.done = 0
         """Identities the broker confirmed it holds no session of any more."""
         self.failed = 0
@@ -113,11 +114,7 @@ class Hook:
 
     async def close(self) -> None:
         await self.follower.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*self._tasks, *self._again)
         self._tasks = []
         await self.shut()
 
@@ -171,6 +168,26 @@ class Hook:
     async def act(self, identity: str) -> bool:
         """End *identity*'s sessions on the broker; True once it holds none."""
         raise NotImplementedError
+
+    def once_more(self, identity: str, action: Callable[[str], Awaitable[bool]], *,
+              after: float) -> None:
+        """Run *action* on *identity* once more *after* seconds from now, in the background
+        (:meth:`close` cancels it), for a session that reconnected before the broker refused
+        *identity*."""
+        task = asyncio.create_task(self._run_once_more(identity, action, after),
+                                   name=f"{self.what}-again")
+        self._again.add(task)
+        task.add_done_callback(self._again.discard)
+
+    async def _run_once_more(self, identity: str, action: Callable[[str], Awaitable[bool]],
+                           after: float) -> None:
+        await asyncio.sleep(after)
+        try:
+            if await action(identity):
+                return
+            log.error("%s: acting on %r once more failed", self.what, identity)
+        except Exception:
+            log.exception("%s: acting on %r once more failed", self.what, identity)
 
 
 class RevocationHook(Hook):

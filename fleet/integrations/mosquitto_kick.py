@@ -79,7 +79,6 @@ class MosquittoKicker(Hook):
         """Connected and subscribed to the plugin's answers."""
         self._answers: dict[str, asyncio.Future[Responses]] = {}
         self._ids = itertools.count(1)
-        self._again: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -87,9 +86,6 @@ class MosquittoKicker(Hook):
         self._paho.loop_start()  # connects, and connects again, in its own thread
 
     async def shut(self) -> None:
-        for task in list(self._again):
-            task.cancel()
-        await asyncio.gather(*self._again, return_exceptions=True)
         self._paho.disconnect()
         await asyncio.to_thread(self._paho.loop_stop)
 
@@ -100,15 +96,8 @@ class MosquittoKicker(Hook):
                       identity)
             return False
         kicked = await self.kick(identity)
-        task = asyncio.create_task(self._kick_again(identity), name=f"{self.what}-again")
-        self._again.add(task)
-        task.add_done_callback(self._again.discard)
+        self.once_more(identity, self.kick, after=self._again_after)
         return kicked
-
-    async def _kick_again(self, identity: str) -> None:
-        await asyncio.sleep(self._again_after)
-        if not await self.kick(identity):
-            log.error("%s: the second kick of %r failed", self.what, identity)
 
     async def kick(self, identity: str) -> bool:
         """createClient + deleteClient of *identity*, sent until the plugin answers; True

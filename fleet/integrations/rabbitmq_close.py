@@ -19,7 +19,6 @@ denies a revoked or suspended identity.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from urllib.parse import quote
@@ -48,28 +47,14 @@ class RabbitmqCloser(RevocationHook):
                          retry=retry)
         self._base = api_url.rstrip("/") + USER_CONNECTIONS_PATH
         self._recheck_after = recheck_after
-        self._rechecks: set[asyncio.Task[None]] = set()
         self.closed = 0
         """Connections RabbitMQ listed and was asked to close."""
-
-    async def close(self) -> None:
-        for task in list(self._rechecks):
-            task.cancel()
-        await asyncio.gather(*self._rechecks, return_exceptions=True)
-        await super().close()
 
     async def act(self, identity: str) -> bool:
         """Close every connection of *identity* now, and look again a moment later."""
         done = await self.close_connections(identity)
-        task = asyncio.create_task(self._recheck(identity), name=f"{self.what}-recheck")
-        self._rechecks.add(task)
-        task.add_done_callback(self._rechecks.discard)
+        self.once_more(identity, self.close_connections, after=self._recheck_after)
         return done
-
-    async def _recheck(self, identity: str) -> None:
-        await asyncio.sleep(self._recheck_after)
-        if not await self.close_connections(identity):
-            log.error("%s: looking again at %r failed", self.what, identity)
 
     async def close_connections(self, identity: str) -> bool:
         """Close the connections RabbitMQ tracks for *identity*; True once it was asked to

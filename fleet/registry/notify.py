@@ -26,13 +26,14 @@ SQLite there is nothing to listen to: :meth:`Wakeup.wait` waits out the interval
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import psycopg
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
+
+from fleet.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,8 @@ class Wakeup:
                                              name=f"{self._name}-listen")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         self.listening = False
 
     async def wait(self, timeout: float) -> bool:
