@@ -15,7 +15,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AttributeOID, NameOID
 from cryptography.x509.verification import (
     ExtensionPolicy,
     PolicyBuilder,
@@ -30,7 +30,7 @@ from fleet.errors import (
     PKIError,
 )
 from fleet.pki.identity import DEVICE_ID_PATTERN, common_names, uri_sans
-from fleet.pki.verify import validity_problem
+from fleet.pki.verify import usage_problem, validity_problem
 
 DeviceIdField = Literal["cn", "serialNumber", "san-uri"]
 DEVICE_ID_FIELDS: tuple[DeviceIdField, ...] = ("cn", "serialNumber", "san-uri")
@@ -99,7 +99,7 @@ def verify_manufacturer_certificate(cert: x509.Certificate, *, cas: Sequence[x50
     if problem is not None:
         raise ManufacturerCertificateError(f"manufacturer certificate {problem[1]}",
                                            vendor=vendor, verdict=problem[0].value)
-    usage = _device_usage_problem(cert)
+    usage = usage_problem(cert, eku_required=False)
     if usage is not None:
         raise ManufacturerCertificateError(f"manufacturer certificate {serial}: {usage}",
                                            vendor=vendor, verdict="wrong-key-usage")
@@ -115,26 +115,6 @@ def verify_manufacturer_certificate(cert: x509.Certificate, *, cas: Sequence[x50
             f"manufacturer certificate {serial} does not chain to vendor {vendor}'s CA: {exc}",
             vendor=vendor, verdict="chain") from None
     return verified.chain[1]
-
-
-def _device_usage_problem(cert: x509.Certificate) -> str | None:
-    try:
-        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return "is a CA certificate, not a device's"
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        if not cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature:
-            return "keyUsage lacks digitalSignature"
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
-    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
-        return "extendedKeyUsage lacks clientAuth"
-    return None
 
 
 def crl_problem(cert: x509.Certificate, *, crl: x509.CertificateRevocationList,

@@ -176,8 +176,11 @@ def validity_problem(cert: x509.Certificate, now: datetime) -> tuple[Reason, str
     return None
 
 
-def usage_problem(cert: x509.Certificate) -> str | None:
-    """Why *cert* is not a client certificate (CA flag, extended and key usage), or None."""
+def usage_problem(cert: x509.Certificate, *, eku_required: bool = True) -> str | None:
+    """Why *cert* is not a client certificate (CA flag, extended and key usage), or None.
+
+    Without *eku_required* a certificate with no extendedKeyUsage passes (RFC 5280 4.2.1.12:
+    any purpose), as IEEE 802.1AR IDevIDs often have none."""
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         if constraints.ca:
@@ -186,10 +189,11 @@ def usage_problem(cert: x509.Certificate) -> str | None:
         pass
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+            return "certificate is not valid for clientAuth"
     except x509.ExtensionNotFound:
-        return "certificate has no extended key usage; clientAuth is required"
-    if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
-        return "certificate is not valid for clientAuth"
+        if eku_required:
+            return "certificate has no extended key usage; clientAuth is required"
     try:
         ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
         if not ku.digital_signature:

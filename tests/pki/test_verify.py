@@ -167,6 +167,19 @@ def test_wrong_key_usage(cert: x509.Certificate, detail: str) -> None:
     assert detail in verdict.detail
 
 
+def test_usage_without_eku_required_passes_a_certificate_with_no_eku_only() -> None:
+    """A manufacturer's IDevID may have no extendedKeyUsage; one that names a purpose must
+    still name clientAuth, and the CA flag and keyUsage are checked as for fleet ones."""
+    assert pki.usage_problem(CA.sign(profile(eku=()), now=NOW), eku_required=False) is None
+    assert "clientAuth" in str(pki.usage_problem(
+        CA.sign(profile(eku=(ExtendedKeyUsageOID.SERVER_AUTH,)), now=NOW), eku_required=False))
+    assert "digitalSignature" in str(pki.usage_problem(
+        raw_leaf(key_usage=KEY_AGREEMENT_ONLY, eku=False), eku_required=False))
+    assert "CA" in str(pki.usage_problem(
+        CA.sign(pki.ca_profile("dev-1", lifetime=LIFETIME, path_length=0), now=NOW),
+        eku_required=False))
+
+
 @pytest.mark.parametrize(("cert", "detail"), [
     pytest.param(CA.sign(profile(cn="dev-2"), now=NOW), "does not match", id="cn-vs-san-differ"),
     pytest.param(CA.sign(profile(cn=None), now=NOW), "does not match", id="no-cn"),
