@@ -13,14 +13,13 @@ import logging
 import multiprocessing
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from typing import Any
 
 from aiohttp import web
 
-from fleet import logs
+from fleet import eventloop, logs
 from fleet.audit import Aggregate, Flush, RefusalDigest, actor_of
 from fleet.authority import Authority
 from fleet.authority.commits import GroupCommit
@@ -219,7 +218,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
         raise ConfigError("est.workers", workers, "must be at least 1")
     configure_logs(settings)
     if workers == 1:
-        _run(_serve_here(settings, host=host, port=port))
+        eventloop.run(_serve_here(settings, host=host, port=port))
         return
     _serve_workers(settings, host=host, port=port, workers=workers)
 
@@ -228,16 +227,6 @@ def configure_logs(settings: Settings) -> None:
     """log.level and log.format to stderr (fleet.logs). The service logs every request's
     outcome itself; aiohttp's access log stays quiet."""
     logs.configure(level=settings.log_level, format=settings.log_format)
-
-
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    """Run *main* on uvloop when it is installed (its TLS costs less CPU per handshake)."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
 
 
 def ready_line(host: str, port: int) -> str:
@@ -368,7 +357,7 @@ def _worker(settings: Settings, host: str, port: int, ready: Connection) -> None
         ready.send(READY)
 
     try:
-        _run(_serve_here(settings, host=host, port=port, reuse_port=True, ready=report))
+        eventloop.run(_serve_here(settings, host=host, port=port, reuse_port=True, ready=report))
     except Exception as exc:
         if not started:
             ready.send(exc.message if isinstance(exc, FleetError)

@@ -15,6 +15,7 @@ from typing import Any
 
 from amqtt.contexts import Action
 
+from fleet import eventloop
 from fleet.acl import Policy, PolicyError, load_policy
 from fleet.authority import Authority
 from fleet.broker.amqtt_adapter import LISTENER, check_version
@@ -198,7 +199,7 @@ async def _start(settings: Settings, *, host: str, port: int, policy: Policy,
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
     """Run the broker in the foreground until SIGINT or SIGTERM."""
-    asyncio.run(_serve(settings, host=host, port=port))
+    eventloop.run(_serve(settings, host=host, port=port))
 
 
 async def _serve(settings: Settings, *, host: str, port: int) -> None:

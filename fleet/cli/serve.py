@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol, cast
 
 import typer
 
-from fleet import logs, pki
+from fleet import eventloop, logs, pki
 from fleet.checkpoints import periodic
 from fleet.cli.context import fleet_of
 from fleet.cli.init import initialize
@@ -278,7 +278,7 @@ def up(
     fleet.close()
     settings = fit_open_files(fleet.settings, services=("est", "broker"))
     with periodic(settings, role="up"):
-        asyncio.run(_run_both(settings, start_est, start_broker))
+        eventloop.run(_run_both(settings, start_est, start_broker))
 
 
 async def _run_both(settings: Settings, start_est: Start, start_broker: Start) -> None:

@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy.engine import Engine
 
+from fleet import eventloop
 from fleet.broker.server import RunningServer, start
 from fleet.registry import AuditEvent
 from fleet.registry import events as events_db
@@ -45,7 +46,7 @@ class BrokerThread:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.loop = asyncio.new_event_loop()
+        self.loop = eventloop.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.server: RunningServer | None = None

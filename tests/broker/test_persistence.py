@@ -48,15 +48,29 @@ def leave_persistent_session(broker: BrokerThread, credentials: Credentials) -> 
     assert device.connect() == 0
     assert device.subscribe(f"devices/{credentials.name}/commands/#", qos=1) == [1]
     device.close()
-    assert wait_until(lambda: broker.run(
-        lambda: not broker.server.broker.sessions[credentials.name][0]  # type: ignore[union-attr]
-        .transitions.is_connected()))
+    wait_left(broker, credentials.name)
 
 
 def retain_state(broker: BrokerThread, credentials: Credentials, payload: bytes) -> None:
     with Clients(broker) as clients:  # clean_session=0: a session it left stays
         device = clients.connect(credentials, clean_session=False)
         device.publish(f"devices/{credentials.name}/state", payload, qos=1, retain=True)
+
+
+def wait_left(broker: BrokerThread, client_id: str) -> None:
+    """Until the session of *client_id* has no connection."""
+    assert wait_until(lambda: broker.run(
+        lambda: not broker.server.broker.sessions[client_id][0]  # type: ignore[union-attr]
+        .transitions.is_connected()))
+
+
+def retain_events(broker: BrokerThread, credentials: Credentials, count: int) -> None:
+    """The device sets *count* retained events and leaves its session again."""
+    with Clients(broker) as clients:
+        device = clients.connect(credentials, clean_session=False)
+        for n in range(count):
+            device.publish(f"devices/{credentials.name}/events/{n}", b"x", qos=1, retain=True)
+    wait_left(broker, credentials.name)
 
 
 def retained_states(broker: BrokerThread, service: Credentials) -> dict[str, bytes]:
@@ -241,11 +255,9 @@ def test_a_restart_takes_in_only_what_todays_quotas_allow(
     credentials, control = enroll("d1"), issue_service("control")
     first = start_broker()
     leave_persistent_session(first, credentials)
-    with Clients(first) as clients:
-        device = clients.connect(credentials, clean_session=False)
+    retain_events(first, credentials, 3)
+    with Clients(first) as clients:  # queued for the session d1 left
         sender = clients.connect(control)
-        for n in range(3):
-            device.publish(f"devices/d1/events/{n}", b"x", qos=1, retain=True)
         for payload in (b"1", b"2", b"3", b"4"):
             sender.publish(TOPIC, payload, qos=1)
     first.stop()

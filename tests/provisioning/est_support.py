@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from fleet import pki
+from fleet import eventloop, pki
 from fleet.audit import RefusalDigest
 from fleet.authority import Authority, IssuedToken, TokenCredential
 from fleet.ca import CA, Paths
@@ -261,7 +261,7 @@ class ServerThread:
     """The service's own event loop in a thread, so tests can use blocking clients."""
 
     def __init__(self, settings: Settings) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = eventloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="est-test-loop",
                                        daemon=True)
         self.thread.start()
