@@ -232,8 +232,13 @@ def require_key_not_compromised(session: Session, public_key: CertificatePublicK
                                 device_id: str) -> None:
     """A key revoked for keyCompromise is never certified again: a new key is needed."""
     if certs_db.key_compromised(session=session, spki_sha256=pki.spki_sha256(public_key)):
-        raise KeyPolicyError("this public key was revoked for keyCompromise; generate a new key "
-                             "(and enroll with a new token)", device_id=device_id)
+        raise key_compromised(device_id)
+
+
+def key_compromised(device_id: str) -> KeyPolicyError:
+    """The refusal of a public key revoked for keyCompromise."""
+    return KeyPolicyError("this public key was revoked for keyCompromise; generate a new key "
+                          "(and enroll with a new token)", device_id=device_id)
 
 
 def require_enrollable(device: Device) -> None:

@@ -10,8 +10,8 @@ from fleet import pki
 from fleet.authority.core import (
     AuthorityCore,
     Issued,
+    key_compromised,
     require_enrollable,
-    require_key_not_compromised,
     valid_id_or_none,
 )
 from fleet.authority.tokens import check_token
@@ -20,7 +20,6 @@ from fleet.pki import Identity
 from fleet.registry import certificates as certs_db
 from fleet.registry import devices as devices_db
 from fleet.registry import events as events_db
-from fleet.registry import groups as groups_db
 from fleet.registry import names as names_db
 from fleet.registry import tokens as tokens_db
 from fleet.registry.models import DeviceStatus
@@ -70,8 +69,11 @@ class EnrollmentPolicy(AuthorityCore):
 
         def apply(session: Session) -> Issued:
             now = self.clock()
-            token = check_token(session, presented, now=now)
-            if not groups_db.declared(session=session, name=token.group):
+            spki = pki.spki_sha256(request.csr.public_key())
+            facts = tokens_db.enrollment_facts(session=session, token_id=presented.token_id,
+                                               spki_sha256=spki)
+            token = check_token(facts, presented, now=now)
+            if not token.group_declared:
                 raise ForbiddenError(f"token {token.id} is for group {token.group!r}, which is "
                                      "not declared", token_id=token.id)
             if group is not None and token.group != group:
@@ -103,7 +105,8 @@ class EnrollmentPolicy(AuthorityCore):
                                              status=DeviceStatus.ACTIVE, reason=None, now=now)
                 superseded = certs_db.supersede_active(session=session, device_id=device.id,
                                                        now=now)
-            require_key_not_compromised(session, request.csr.public_key(), ident.name)
+            if token.key_compromised:
+                raise key_compromised(ident.name)
             cert = self._sign(ident, request.csr.public_key(),
                               self.settings.device_lifetime, now)
             row = self._record(session, cert, ident, now)

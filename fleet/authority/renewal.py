@@ -9,17 +9,16 @@ from fleet import pki
 from fleet.authority.core import (
     AuthorityCore,
     Issued,
+    key_compromised,
     require_enrollable,
-    require_key_not_compromised,
     require_registered,
     serial_hex,
 )
-from fleet.errors import CertificateNotActiveError, ForbiddenError, IdentityError
-from fleet.pki import Identity
+from fleet.errors import CertificateNotActiveError, FleetError, ForbiddenError, IdentityError
 from fleet.registry import certificates as certs_db
 from fleet.registry import devices as devices_db
 from fleet.registry import events as events_db
-from fleet.registry.models import Certificate, CertificateStatus
+from fleet.registry.models import CertificateStatus
 
 
 class RenewalPolicy(AuthorityCore):
@@ -28,6 +27,14 @@ class RenewalPolicy(AuthorityCore):
     def reenroll(self, *, client_certificate: x509.Certificate, csr: bytes, actor: str) -> Issued:
         """simplereenroll: the current certificate authorizes its own renewal or rekey."""
         serial = serial_hex(client_certificate.serial_number)
+        # Parsed before the transaction; a refusal of the CSR is raised in it, in its turn.
+        request: pki.CSRRequest | None = None
+        csr_refused: FleetError | None = None
+        try:
+            request = pki.inspect_csr(pki.load_csr(csr))
+        except FleetError as error:
+            csr_refused = error
+        spki = pki.spki_sha256(request.csr.public_key()) if request is not None else ""
 
         def apply(session: Session) -> Issued:
             now = self.clock()
@@ -40,7 +47,11 @@ class RenewalPolicy(AuthorityCore):
             identity = verdict.identity
             if identity.kind != "device":
                 raise ForbiddenError(f"{identity} cannot re-enroll over EST", serial=serial)
-            record = self._live_record(session, client_certificate, identity)
+            record = certs_db.renewal_facts(session=session, serial=serial, spki_sha256=spki)
+            require_registered(client_certificate, identity,
+                               record.fingerprint_sha256 if record else None,
+                               record.status if record else None)
+            assert record is not None
             if record.status != CertificateStatus.ACTIVE:
                 raise CertificateNotActiveError(
                     f"certificate {serial} is {record.status}; only the current certificate "
@@ -51,13 +62,16 @@ class RenewalPolicy(AuthorityCore):
                 raise CertificateNotActiveError(f"device {identity.name} is not registered",
                                                 device_id=identity.name)
             require_enrollable(device)
-            request = pki.inspect_csr(pki.load_csr(csr))
+            if csr_refused is not None:
+                raise csr_refused
+            assert request is not None
             if not pki.same_subject_and_san(request.csr, client_certificate):
                 raise IdentityError(
                     "CSR subject and subjectAltName must be identical to the certificate being "
                     f"renewed (CN={identity.name})", device_id=identity.name, serial=serial)
+            if record.key_compromised:
+                raise key_compromised(identity.name)
             # Only one renewal can win per certificate, even under concurrent requests.
-            require_key_not_compromised(session, request.csr.public_key(), identity.name)
             if not certs_db.supersede_if_active(session=session, serial=serial, now=now):
                 raise CertificateNotActiveError(f"certificate {serial} was already renewed",
                                                 serial=serial, device_id=identity.name)
@@ -75,11 +89,3 @@ class RenewalPolicy(AuthorityCore):
             return Issued(cert, row)
 
         return self._apply("reenroll", apply, actor=actor, serial=serial)
-
-    def _live_record(self, session: Session, cert: x509.Certificate,
-                     identity: Identity) -> Certificate:
-        record = certs_db.get_certificate(session=session, serial=serial_hex(cert.serial_number))
-        require_registered(cert, identity, record.fingerprint_sha256 if record else None,
-                           record.status if record else None)
-        assert record is not None
-        return record

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlmodel import Session
+from sqlalchemy import Row
 
 from fleet import pki
 from fleet.authority.core import AuthorityCore
@@ -104,9 +105,9 @@ class TokenPolicy(AuthorityCore):
         return row
 
 
-def check_token(session: Session, presented: TokenSecret, *, now: datetime) -> BootstrapToken:
-    """The bootstrap token *presented* may authorize an enrollment now."""
-    token = tokens_db.get_token(session=session, token_id=presented.token_id)
+def check_token(token: Row[Any] | None, presented: TokenSecret, *, now: datetime) -> Row[Any]:
+    """The bootstrap token *presented*, whose row (tokens_db.enrollment_facts) is *token*,
+    may authorize an enrollment now."""
     if token is None or not secret_matches(presented, token.secret_hash):
         raise InvalidTokenError("unknown or invalid bootstrap token",
                                 token_id=presented.token_id,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, func, insert, or_
+from sqlalchemy import Row, and_, bindparam, exists, func, insert, or_
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select, update
 
@@ -42,6 +42,23 @@ def admission_facts(*, session: Session, serial: str) -> Row[Any] | None:
     status and group (fingerprint_sha256, status, not_after, superseded_at, device_id,
     service, device_status, device_group)."""
     return execute(session, _ADMISSION, serial=serial).first()
+
+
+_RENEWAL_FACTS = (
+    sa_select(_TABLE.c.fingerprint_sha256, _TABLE.c.status,
+              exists().where(_TABLE.c.spki_sha256 == bindparam("spki_sha256"),
+                             _TABLE.c.revocation_reason == "keyCompromise")
+              .label("key_compromised"))
+    .where(_TABLE.c.serial == bindparam("serial"))
+)
+
+
+def renewal_facts(*, session: Session, serial: str, spki_sha256: str) -> Row[Any] | None:
+    """What a renewal decides on, in one query (none of it locked): the fingerprint_sha256
+    and status of the certificate *serial*, and whether a certificate of the public key
+    *spki_sha256* (the new one's) was revoked for keyCompromise (key_compromised); None for
+    an unknown serial."""
+    return execute(session, _RENEWAL_FACTS, serial=serial, spki_sha256=spki_sha256).first()
 
 
 def add_certificate(*, session: Session, certificate: Certificate) -> Certificate:

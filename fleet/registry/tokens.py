@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam
+from sqlalchemy import Row, bindparam, exists
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select, update
 
 from fleet.registry.engine import execute
-from fleet.registry.models import BootstrapToken
+from fleet.registry.models import BootstrapToken, Certificate, Group
 
 
 def add_tokens(*, session: Session, tokens: Sequence[BootstrapToken]) -> None:
@@ -30,6 +31,29 @@ _CONSUME = (
     )
     .values(uses_left=_TABLE.c.uses_left - 1)
 )
+
+
+_GROUPS = Group.__table__  # type: ignore[attr-defined]
+_CERTIFICATES = Certificate.__table__  # type: ignore[attr-defined]
+_ENROLLMENT_FACTS = (
+    sa_select(
+        _TABLE,
+        _GROUPS.c.name.is_not(None).label("group_declared"),
+        exists().where(_CERTIFICATES.c.spki_sha256 == bindparam("spki_sha256"),
+                       _CERTIFICATES.c.revocation_reason == "keyCompromise")
+        .label("key_compromised"))
+    .select_from(_TABLE.outerjoin(_GROUPS, _GROUPS.c.name == _TABLE.c.group))
+    .where(_TABLE.c.id == bindparam("token_id"))
+)
+
+
+def enrollment_facts(*, session: Session, token_id: str, spki_sha256: str) -> Row[Any] | None:
+    """What an enrollment with a token decides on, in one query (none of it locked): the
+    token row's columns, whether its group is declared (group_declared) and whether a
+    certificate of the public key *spki_sha256* was revoked for keyCompromise
+    (key_compromised); None for an unknown token."""
+    return execute(session, _ENROLLMENT_FACTS, token_id=token_id,
+                   spki_sha256=spki_sha256).first()
 
 
 def get_token(*, session: Session, token_id: str) -> BootstrapToken | None:
