@@ -26,6 +26,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from fleet import eventloop
 from fleet.cli.context import Fleet, fleet_of
 from fleet.cli.destination import claimed, output_directory
 from fleet.cli.output import command_group, note
@@ -163,7 +164,7 @@ def run(
         output_directory(scenario.store_dir, force=force)
     # Report files are refused, or held, before the run.
     with claimed(json_report, force=force), claimed(html_report, force=force):
-        report = asyncio.run(_run(
+        report = eventloop.run(_run(
             fleet, scenario, est_url=est_url, mqtt_host=mqtt_host, mqtt_port=mqtt_port, pin=pin,
             spawn=spawn_services, restart_command=broker_restart_command,
             progress=not no_progress and sys.stderr.isatty(), keep=keep))
