@@ -21,6 +21,9 @@ Private, and why Fleet needs it:
   Fleet resends its own in-flight deliveries before anything new (MQTT-4.4.0-1), the CONNACK
   releases what the connection holds, and the connection's end is always handed to Fleet.
 - ``Broker._handle_disconnect``: a connection whose session a newer one took over only stops.
+- ``Broker._handle_subscription``, ``_handle_unsubscription``: once one has run (its SUBACK
+  or UNSUBACK written), the connection's ConnectionReader handles the packets after it
+  (``ConnectionReader.applied``; amqtt's protocol handler ``reader``).
 - ``Broker._session_monitor``: not run (a scan of every session once a second); Fleet expires
   sessions itself (fleet.broker.session.Away).
 - ``Broker._sessions``, ``_cleanup_session``, ``_retained_messages``, ``_subscriptions``: the
@@ -117,7 +120,7 @@ class Inbound:
     amqtt's protocol handler would put every received PUBLISH on this queue for the session's
     message loop to take out again. Every PUBLISH is read and routed by ConnectionReader
     instead, so the message loop only ever waits here, and there is no queue to bound: what
-    is not yet routed is still unread in the socket.
+    is not yet routed is still unread, in the socket or the reader's bounded buffer.
     """
 
     __slots__ = ()
@@ -294,7 +297,6 @@ class ConnectionWriter(StreamWriterAdapter):  # type: ignore[misc]
         super().__init__(writer)
         self.connection = connection
         self.connect: Connect | None = connect  # until the session is made from it
-        connection.stream = writer
 
 
 class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped
@@ -312,6 +314,13 @@ class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped
     async def start(self) -> None:
         self._disconnect_waiter = asyncio.get_running_loop().create_future()
         await ProtocolHandler.start(self)
+
+
+def _applied(handler: BrokerProtocolHandler) -> None:
+    """A SUBSCRIBE or UNSUBSCRIBE *handler* read is applied: its reader goes on."""
+    reader = handler.reader
+    if isinstance(reader, ConnectionReader):
+        reader.applied()
 
 
 async def _nothing() -> None:
@@ -490,6 +499,22 @@ class AmqttBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             await self._stop_handler(handler)
         else:
             await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+
+    async def _handle_subscription(self, client_session: FleetSession,
+                                   handler: BrokerProtocolHandler,
+                                   subscribe_waiter: asyncio.Future[Any]) -> None:
+        try:
+            await super()._handle_subscription(client_session, handler, subscribe_waiter)
+        finally:
+            _applied(handler)
+
+    async def _handle_unsubscription(self, client_session: FleetSession,
+                                     handler: BrokerProtocolHandler,
+                                     unsubscribe_waiter: asyncio.Future[Any]) -> None:
+        try:
+            await super()._handle_unsubscription(client_session, handler, unsubscribe_waiter)
+        finally:
+            _applied(handler)
 
     async def _session_monitor(self) -> None:
         """amqtt's once-a-second scan of every session is not run: Fleet's broker discards a

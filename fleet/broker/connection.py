@@ -12,13 +12,13 @@ import logging
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from cryptography import x509
 
 from fleet.acl import NOTHING, Grants
 from fleet.broker import conformance, packets
-from fleet.broker.packets import PUBACK, PUBCOMP, PUBREC, PUBREL, Violation
+from fleet.broker.packets import PUBACK, PUBCOMP, PUBREC, PUBREL, SUBSCRIBE, UNSUBSCRIBE, Violation
 from fleet.broker.quotas import CACHED_TOPIC_LENGTH
 from fleet.broker.tls import peer_certificate
 from fleet.pki import Identity
@@ -30,9 +30,12 @@ SESSION_KEY = "fleet.connection"
 """The key under ``Session.attributes`` holding the connection bound to that session."""
 
 _TOPIC_CACHE = 256
-READ_CHUNK = 2**14
+READ_BUFFER = 2**14
+"""Bytes of a connection that may wait unhandled (for amqtt) before its socket is not read;
+also the limit of the stream reader the gate reads the CONNECT from."""
 _ACKNOWLEDGEMENTS = frozenset((PUBACK, PUBREC, PUBREL, PUBCOMP))
 _COMPLETES = {PUBACK: 1, PUBCOMP: 2}  # the acknowledgement that ends a QoS 1 / QoS 2 delivery
+_APPLIED = frozenset((SUBSCRIBE, UNSUBSCRIBE))  # what follows waits until the broker applied it
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ class Connection:
         "_acknowledged", "_keep_alive", "_pending", "_pending_sent", "_pending_sent_bytes",
         "_publish", "_receive", "admitted_at", "client_id", "closing_reason",
         "dropped", "finished", "grants", "id", "identity", "last_rx", "loop", "peer", "serial",
-        "session", "stream", "suppress_will", "transport", "unflushed", "unflushed_bytes",
+        "session", "suppress_will", "transport", "unflushed", "unflushed_bytes",
     )
 
     def __init__(self, *, transport: asyncio.WriteTransport, serial: str,
@@ -93,7 +96,6 @@ class Connection:
         self._publish: dict[str, bool] = {}
         self._pending: list[bytes] = []
         self._pending_sent = self._pending_sent_bytes = 0  # QoS 0 deliveries among _pending
-        self.stream: asyncio.StreamWriter | None = None  # set by amqtt_adapter.ConnectionWriter
         self._acknowledged = False  # CONNACK sent: queued packets may leave
         self._keep_alive: asyncio.TimerHandle | None = None
 
@@ -199,12 +201,6 @@ class Connection:
         self.unflushed_bytes += size
         transport.write(b"".join(pending) if len(pending) > 1 else pending[0])
 
-    async def writable(self) -> None:
-        """Return once the socket takes writes again: a peer that does not read what it is
-        sent (acknowledgements of its own packets included) is not read from either."""
-        if self.stream is not None:
-            await self.stream.drain()
-
     def watch_keep_alive(self, keep_alive: int, on_idle: Callable[[Connection], None]) -> None:
         """Call *on_idle* once nothing arrived for 1.5 x *keep_alive* seconds (MQTT-3.1.2-24)."""
         if keep_alive <= 0:
@@ -300,9 +296,84 @@ def _discard(index: dict[Any, set[Connection]], key: Any, connection: Connection
             del index[key]
 
 
+class ConnectionProtocol(asyncio.StreamReaderProtocol):
+    """The asyncio protocol of a TLS connection: what arrives goes to its :attr:`stream`, from
+    which the gate reads the CONNECT, until :meth:`hand_over` gives the connection to its
+    :class:`ConnectionReader`, which then handles data as it arrives. A StreamReaderProtocol,
+    so that ``StreamWriter.drain`` waits while the socket does not take writes."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        super().__init__(stream)
+        self.stream = stream
+        self.writing_paused = False
+        self.reading_paused = False
+        self._reads: asyncio.Transport | None = None
+        self.reader: ConnectionReader | None = None
+        self._ended = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._reads = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport
+
+    async def hand_over(self, reader: ConnectionReader) -> None:
+        """From now on *reader* gets the bytes, starting with those :attr:`stream` holds."""
+        self.reader = reader
+        stream = self.stream
+        stream.feed_eof()
+        buffered = await stream.read() if stream.exception() is None else b""  # never waits
+        reader.received_first(buffered)
+        if self._ended:
+            reader.ended()
+
+    def pause_reads(self, paused: bool) -> None:
+        """Stop (or resume) reading the socket."""
+        transport = self._reads
+        if paused == self.reading_paused or transport is None or transport.is_closing():
+            return
+        self.reading_paused = paused
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        if reader is None:
+            super().data_received(data)
+        else:
+            reader.received(data)
+
+    def eof_received(self) -> bool | None:
+        self._end()
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._end()
+        self.reader = None  # nothing more comes: no cycle to keep both alive
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.writing_paused = True
+        if self.reader is not None:
+            self.reader.flow()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.writing_paused = False
+        if self.reader is not None:
+            self.reader.flow()
+
+    def _end(self) -> None:
+        self._ended = True
+        if self.reader is not None:
+            self.reader.ended()
+
+
 class ConnectionReader:
     """amqtt's view of the stream after the CONNECT, which the gate read (an amqtt
-    ReaderAdapter, fleet.broker.amqtt_adapter).
+    ReaderAdapter, fleet.broker.amqtt_adapter), fed by the connection's
+    :class:`ConnectionProtocol` as data arrives.
 
     The reader keeps track of packet boundaries. Every PUBLISH, its PUBREL, and PUBACK,
     PUBREC and PUBCOMP for the deliveries the broker writes (all outgoing QoS 1 and 2 ones)
@@ -310,81 +381,187 @@ class ConnectionReader:
     or 1 PUBLISH goes to the receiver, then a QoS 1 one is acknowledged; a QoS 2 one is
     held by the receiver and answered with PUBREC, its PUBREL releases it and is answered
     with PUBCOMP (also for an unknown or discarded one, 4.3.3); a PUBREC is answered with
-    PUBREL. amqtt's protocol handler reads every other packet, and may read no further than
-    the end of the packet it is in. Every packet after the CONNECT is read whole and checked
-    first (fleet.broker.conformance): one that breaks MQTT 3.1.1 closes the connection, is
-    reported to *on_violation* and answered with nothing, and nothing after it is read. Also
-    records when data last arrived (keep-alive), closes the connection on a packet above the
-    size limit, whatever its type, and stops reading while the peer does not read what it is
-    sent.
+    PUBREL. These are handled in the protocol's ``data_received``, every complete one at once,
+    without waking a task, while amqtt is not in a packet: the first packet of another type
+    stops that, amqtt's protocol handler reads it (and may read no further than its end), and
+    handling goes on when amqtt asks for its next packet; after a SUBSCRIBE or UNSUBSCRIBE,
+    once the broker has also applied it (:meth:`applied`: its SUBACK or UNSUBACK written), so
+    packets are acted on in the order they came and a PUBLISH right behind a SUBSCRIBE
+    reaches the new subscription. Nothing is handled before amqtt's first read (the CONNACK
+    is written by then). Every packet after the CONNECT is read whole and checked first
+    (fleet.broker.conformance): one that breaks MQTT 3.1.1 closes the connection, is reported
+    to *on_violation* and answered with nothing, and nothing after it is read. Also records
+    when data last arrived (keep-alive), closes the connection on a packet above the size
+    limit, whatever its type, handles nothing more once the broker dropped the connection,
+    and stops reading the socket while the peer does not read what it is sent, or while more
+    than :data:`READ_BUFFER` bytes wait for amqtt (:meth:`flow`).
     """
 
-    def __init__(self, reader: asyncio.StreamReader, connection: Connection, *,
+    def __init__(self, protocol: ConnectionProtocol, connection: Connection, *,
                  max_packet_bytes: int, on_violation: OnViolation) -> None:
-        self._reader = reader
+        self._protocol = protocol
         self._connection = connection
-        self._data = b""
+        self._data = b""  # whole packets are parsed in here, from _position on
         self._position = 0
+        self._arrived: list[bytes] = []  # what came after _data, joined to it when needed
+        self._arrived_bytes = 0
         self._left = 0  # bytes of the packet amqtt is reading that it has not read yet
+        self._amqtt_turn = True  # a packet is amqtt's, or amqtt has not asked for one yet
+        self._unapplied = 0  # SUBSCRIBE / UNSUBSCRIBE packets amqtt read, not applied yet
+        self._burst = 0  # bytes received since reading last waited for the writes they caused
+        self._writes_pending = False  # reading waits for them, written at the end of the turn
+        self._eof = False  # nothing more arrives
+        self._stopped = False  # nothing more is handled (a violation, or the broker's drop)
+        self._waiter: asyncio.Future[None] | None = None  # amqtt's read, for its next packet
         self._max = max_packet_bytes
         self._on_violation = on_violation
         self.receiver: Receiver | None = None  # attached by the broker with the session
 
     async def read(self, n: int = -1) -> bytes:
-        if self._left == 0 and not await self._next_packet_for_amqtt():
-            return b""  # end of stream
+        if self._left == 0:  # amqtt asks for its next packet
+            self._amqtt_turn = False
+            self._handle()
+            while not self._amqtt_turn:
+                if self._stopped or (self._eof and not self._unapplied):
+                    return b""  # end of stream
+                self._waiter = self._connection.loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
         if n < 0 or n > self._left:
             self._connection.abort("malformed packet (read past its end)")
             raise asyncio.IncompleteReadError(b"", n)
-        if not await self._fill(n):
-            raise asyncio.IncompleteReadError(self._data[self._position:], n)
         start = self._position
         self._position += n
         self._left -= n
         return self._data[start:start + n]
 
-    async def _fill(self, n: int) -> bool:
-        """Have at least *n* unread bytes in the buffer; False at end of stream."""
+    def feed_eof(self) -> None:
+        self.ended()
+
+    def received(self, data: bytes) -> None:
+        """Bytes from the socket: handle what they complete, unless it is amqtt's turn."""
+        if self._stopped:
+            return
+        connection = self._connection
+        connection.last_rx = connection.loop.time()
+        self._arrived.append(data)
+        self._arrived_bytes += len(data)
+        self._burst += len(data)
+        if self._burst > READ_BUFFER and not self._writes_pending:
+            # The answers queued meanwhile are written once this event-loop turn ends (a
+            # loop may read a socket many times in one turn): reading waits for that, so a
+            # peer that does not read them is not read from either.
+            self._writes_pending = True
+            connection.loop.call_soon(self._written)
+        if self._amqtt_turn:
+            self.flow()
+        else:
+            self._handle()
+
+    def received_first(self, data: bytes) -> None:
+        """What arrived before :meth:`ConnectionProtocol.hand_over`: ahead of the rest."""
+        if data:
+            self._arrived.insert(0, data)
+            self._arrived_bytes += len(data)
+        self.flow()
+
+    def applied(self) -> None:
+        """The broker has applied a SUBSCRIBE or UNSUBSCRIBE amqtt read: handle what follows."""
+        if self._unapplied:
+            self._unapplied -= 1
+        if not self._amqtt_turn:
+            self._handle()
+        self._wake()
+
+    def ended(self) -> None:
+        """Nothing more arrives: amqtt reads the end of the stream after what came before."""
+        self._eof = True
+        self._wake()
+
+    @property
+    def unread(self) -> int:
+        """Bytes that arrived and are neither handled nor read by amqtt yet."""
+        return len(self._data) - self._position + self._arrived_bytes
+
+    def flow(self) -> None:
+        """Read the socket only while the peer reads what it is sent (and, after
+        :data:`READ_BUFFER` bytes, once what they caused has been written), and while what
+        waits for amqtt or the broker stays below :data:`READ_BUFFER`: a packet being
+        completed is always read."""
+        protocol = self._protocol
+        waiting = self._amqtt_turn or self._unapplied > 0
+        protocol.pause_reads(protocol.writing_paused or self._writes_pending
+                             or (waiting and self.unread > READ_BUFFER))
+
+    def _written(self) -> None:
+        self._writes_pending = False
+        self._burst = 0
+        self.flow()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _take(self, n: int) -> bool:
+        """Have at least *n* unread bytes in ``_data``; False while fewer have arrived."""
         have = len(self._data) - self._position
         if have >= n:
             return True
-        parts = [self._data[self._position:]]
-        connection = self._connection
-        while have < n:
-            await connection.writable()
-            chunk = await self._reader.read(max(n - have, READ_CHUNK))
-            if not chunk:
-                return False
-            parts.append(chunk)
-            have += len(chunk)
-        self._data, self._position = b"".join(parts), 0
-        connection.last_rx = connection.loop.time()
+        if have + self._arrived_bytes < n:
+            return False
+        arrived = self._arrived
+        if have == 0 and len(arrived) == 1:
+            self._data = arrived[0]
+        else:
+            arrived.insert(0, self._data[self._position:])
+            self._data = b"".join(arrived)
+        self._position = 0
+        self._arrived = []
+        self._arrived_bytes = 0
         return True
 
-    async def _next_packet_for_amqtt(self) -> bool:
-        """Handle packets on the short path until one is for amqtt; False at end of stream."""
-        while True:
-            if not await self._fill(2):
-                return False
+    def _stop(self) -> None:
+        self._stopped = True
+        self._data, self._position, self._arrived, self._arrived_bytes = b"", 0, [], 0
+        self._wake()
+
+    def _handle(self) -> None:
+        """Handle complete packets on the short path until one is for amqtt (woken to read
+        it) or the next one is incomplete."""
+        connection = self._connection
+        while not (self._stopped or self._unapplied):
+            if connection.closing_reason is not None:  # dropped by the broker
+                self._stop()
+                return
+            if not self._take(2):
+                break
             try:
                 while (decoded := packets.decode_length(self._data, self._position + 1)) is None:
-                    if not await self._fill(len(self._data) - self._position + 1):
-                        return False
+                    if not self._take(len(self._data) - self._position + 1):
+                        break
+                if decoded is None:
+                    break
                 length, end = decoded
                 header = end - self._position
                 total = header + length
                 if total > self._max:
                     if self.receiver is not None:
-                        self.receiver.oversized(self._connection, total)
-                    self._connection.abort(f"packet of {total} bytes, above {self._max}")
-                    return False
-                if not await self._fill(total):
-                    return False
+                        self.receiver.oversized(connection, total)
+                    connection.abort(f"packet of {total} bytes, above {self._max}")
+                    self._stop()
+                    return
+                if not self._take(total):
+                    break
                 packet = self._data[self._position:self._position + total]
                 publish = conformance.check(packet, header)
             except Violation as violation:
-                self._violated(violation)
-                return False
+                self._on_violation(connection, violation)
+                connection.abort(str(violation))
+                self._stop()
+                return
             if publish is not None:
                 handled = self._publish(packet, *publish)
             else:
@@ -393,11 +570,12 @@ class ConnectionReader:
                 self._position += total
                 continue
             self._left = total
-            return True
-
-    def _violated(self, violation: Violation) -> None:
-        self._on_violation(self._connection, violation)
-        self._connection.abort(str(violation))
+            self._amqtt_turn = True
+            if packet[0] >> 4 in _APPLIED:
+                self._unapplied += 1
+            self._wake()
+            break
+        self.flow()
 
     def _acknowledgement(self, packet: bytes) -> bool:
         """Handle a PUBREL, or a PUBACK, PUBREC or PUBCOMP of a delivery (4 bytes, checked)."""
@@ -440,7 +618,3 @@ class ConnectionReader:
         if qos:  # PUBACK or PUBREC, after routing or holding
             connection.write(packets.acknowledgement(PUBACK if qos == 1 else PUBREC, identifier))
         return True
-
-    def feed_eof(self) -> None:
-        self._reader.feed_eof()
-

@@ -41,7 +41,13 @@ from fleet.authority import Admission, ConnectReturnCode, serial_hex
 from fleet.broker import packets
 from fleet.broker.admission_cache import AdmissionCache
 from fleet.broker.backend import Audit, Backend, host_of
-from fleet.broker.connection import Connection, ConnectionReader, Connections, connection_of
+from fleet.broker.connection import (
+    Connection,
+    ConnectionProtocol,
+    ConnectionReader,
+    Connections,
+    connection_of,
+)
 from fleet.broker.engine import FleetBroker
 from fleet.broker.health import BrokerMetrics
 from fleet.broker.packets import Connect, ProtocolError, UnsupportedProtocolError, Violation
@@ -100,7 +106,7 @@ class Gate:
         self._admissions = admissions
         self._metrics = metrics
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    async def serve(self, protocol: ConnectionProtocol, writer: asyncio.StreamWriter,
                     admitted: Callable[[], None]) -> None:
         """Run one connection from the end of its TLS handshake to its close; *admitted* is
         called once the CONNECT is accepted (the connection is no longer pending)."""
@@ -116,7 +122,7 @@ class Gate:
         self._connections.add(connection)
         try:
             try:
-                connect = await self._read_connect(connection, reader)
+                connect = await self._read_connect(connection, protocol.stream)
                 admission = await self._admit(connection, connect, certificate)
             except Refused as refusal:
                 await self._refuse(connection, writer, refusal)
@@ -129,7 +135,7 @@ class Gate:
             # Not held for the connection's lifetime (a parsed certificate and its cached
             # extensions are kilobytes per connection); Connection.certificate() reads it again.
             del certificate
-            await self._run(connection, connect, admission, reader, writer)
+            await self._run(connection, connect, admission, protocol, writer)
             log.info("connection closed", extra=_fields(
                 connection, reason=connection.closing_reason or "closed by the client"))
         finally:
@@ -212,8 +218,7 @@ class Gate:
             pass
 
     async def _run(self, connection: Connection, connect: Connect, admission: Admission,
-                   reader: asyncio.StreamReader,
-                   writer: asyncio.StreamWriter) -> None:
+                   protocol: ConnectionProtocol, writer: asyncio.StreamWriter) -> None:
         previous = self._connections.claim(connection, connect.client_id)
         self._shared(connection, previous)
         if previous is not None:  # MQTT-3.1.4-2: the same identity connects again
@@ -225,11 +230,11 @@ class Gate:
             max(0.0, (admission.usable_until - utcnow()).total_seconds()),
             self._expired, connection, admission.superseded)
         connection.watch_keep_alive(connect.keep_alive, self._idle)
+        reader = ConnectionReader(protocol, connection, max_packet_bytes=self._max_packet,
+                                  on_violation=self._violated)
         try:
-            await self._broker.connected(
-                ConnectionReader(reader, connection, max_packet_bytes=self._max_packet,
-                                 on_violation=self._violated),
-                writer, connection, connect)
+            await protocol.hand_over(reader)
+            await self._broker.connected(reader, writer, connection, connect)
         except Exception:
             log.exception("amqtt failed on %s", connection)
         finally:

@@ -22,17 +22,16 @@ from asyncio import sslproto
 from collections.abc import Awaitable, Callable
 
 from fleet.accept import AcceptLoop
+from fleet.broker.connection import READ_BUFFER, ConnectionProtocol
 from fleet.broker.pending import Pending, PendingConnections
 from fleet.errors import AuthenticationError, FleetError
 
 log = logging.getLogger(__name__)
 
 TLS_READ_BUFFER = 4096
-STREAM_BUFFER = 2**14
-"""Bytes a connection's stream reader buffers before it pauses reading the socket."""
 
 Admitted = Callable[[], None]
-OnConnection = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Admitted], Awaitable[None]]
+OnConnection = Callable[[ConnectionProtocol, asyncio.StreamWriter, Admitted], Awaitable[None]]
 OnRefused = Callable[[FleetError], None]
 
 
@@ -106,13 +105,13 @@ class TLSListener:
     async def _serve(self, sock: socket.socket, peer: str, entry: Pending) -> None:
         try:
             try:
-                reader, writer = await self._handshake(sock)
+                protocol, writer = await self._handshake(sock)
             except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
                 self._on_refused(AuthenticationError(_handshake_failure(exc), peer=peer))
                 return
             acknowledge_now(sock)
             try:
-                await self._on_connection(reader, writer,
+                await self._on_connection(protocol, writer,
                                           functools.partial(self._pending.settle, entry))
             finally:
                 writer.transport.abort()
@@ -122,13 +121,13 @@ class TLSListener:
             self._pending.settle(entry)
             sock.close()
 
-    async def _handshake(self, sock: socket.socket) -> tuple[asyncio.StreamReader,
+    async def _handshake(self, sock: socket.socket) -> tuple[ConnectionProtocol,
                                                               asyncio.StreamWriter]:
-        reader = asyncio.StreamReader(limit=STREAM_BUFFER)
-        protocol = asyncio.StreamReaderProtocol(reader)
+        reader = asyncio.StreamReader(limit=READ_BUFFER)
+        protocol = ConnectionProtocol(reader)
         transport, _ = await self._loop.connect_accepted_socket(
             lambda: protocol, sock, ssl=self._context, ssl_handshake_timeout=self._timeout)
-        return reader, asyncio.StreamWriter(transport, protocol, reader, self._loop)
+        return protocol, asyncio.StreamWriter(transport, protocol, reader, self._loop)
 
 
 def acknowledge_now(sock: socket.socket) -> None:

@@ -8,6 +8,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from fleet.broker.connection import ConnectionProtocol
 from fleet.broker.listener import TLSListener
 from fleet.broker.tls import server_context
 from fleet.errors import FleetError
@@ -31,7 +32,7 @@ def test_client_finished_is_acknowledged_at_once_so_a_nagle_client_sends_connect
     seen: list[int] = []
 
     async def run() -> None:
-        async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        async def on_connection(protocol: ConnectionProtocol, writer: asyncio.StreamWriter,
                                 admitted: Callable[[], None]) -> None:
             seen.append(_quickack(writer))
             writer.write(b"ok")
