@@ -19,7 +19,10 @@ itself with that lifetime.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -163,7 +166,8 @@ def run(
     if scenario.store_dir is not None:
         output_directory(scenario.store_dir, force=force)
     # Report files are refused, or held, before the run.
-    with claimed(json_report, force=force), claimed(html_report, force=force):
+    with claimed(json_report, force=force), claimed(html_report, force=force), \
+            _interrupted_by_sigterm():
         report = eventloop.run(_run(
             fleet, scenario, est_url=est_url, mqtt_host=mqtt_host, mqtt_port=mqtt_port, pin=pin,
             spawn=spawn_services, restart_command=broker_restart_command,
@@ -181,6 +185,20 @@ def run(
         note(f"HTML report: {html_report}")
     if not report["ok"]:
         raise typer.Exit(EXIT_EXPECTATION_FAILED)
+
+
+@contextlib.contextmanager
+def _interrupted_by_sigterm() -> Iterator[None]:
+    """SIGTERM ends the run as Ctrl-C does: the run's devices are removed and the services it
+    spawned are stopped, instead of being left behind."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 async def _run(fleet: Fleet, scenario: Any, *, est_url: str | None, mqtt_host: str | None,

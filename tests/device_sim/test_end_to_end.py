@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree
@@ -148,10 +150,15 @@ def test_fleet_sim_run_refused_lifetime_mismatch(services: LocalServices,
     assert "FLEET_CERTIFICATES_DEVICE_LIFETIME=3600s" in done.stdout
 
 
-def sim_devices(env: dict[str, str], run_id: str) -> list[dict[str, object]]:
+def registry_devices(env: dict[str, str]) -> list[dict[str, object]]:
     done = subprocess.run([*FLEET, "device", "list", "--json"], env=env, capture_output=True,
                           text=True, timeout=60, check=True)
-    return [d for d in json.loads(done.stdout) if str(d["id"]).startswith(f"sim-{run_id}-")]
+    devices: list[dict[str, object]] = json.loads(done.stdout)
+    return devices
+
+
+def sim_devices(env: dict[str, str], run_id: str) -> list[dict[str, object]]:
+    return [d for d in registry_devices(env) if str(d["id"]).startswith(f"sim-{run_id}-")]
 
 
 def test_fleet_sim_run_removes_its_devices_unless_kept(services: LocalServices,
@@ -175,6 +182,50 @@ def test_fleet_sim_run_removes_its_devices_unless_kept(services: LocalServices,
     run_id = json.loads((tmp_path / "b.json").read_text())["run_id"]
     assert sorted(str(d["status"]) for d in sim_devices(fleet_env, run_id)) == [
         "active", "active", "revoked"]
+
+
+def sim_device_ids(env: dict[str, str]) -> set[str]:
+    """The ids of every simulated device in the registry, of any run."""
+    return {str(d["id"]) for d in registry_devices(env) if str(d["id"]).startswith("sim-")}
+
+
+def _children(pid: int) -> set[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {int(child) for child in children}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def test_fleet_sim_run_stops_its_services_and_removes_its_devices_on_sigterm(
+        services: LocalServices, fleet_env: dict[str, str], tmp_path: Path) -> None:
+    before = sim_device_ids(fleet_env)
+    process = subprocess.Popen(
+        [*FLEET, "sim", "run", "--no-progress", "--spawn-services", "--devices", "3",
+         "--duration", "120s", "--cert-lifetime", f"{LIFETIME}s", "--command-interval", "0"],
+        env=fleet_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_children(process.pid)) < 2:
+            time.sleep(0.2)
+        spawned = _children(process.pid)
+        assert len(spawned) >= 2, "the simulator did not start its services"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and \
+                len(sim_device_ids(fleet_env) - before) < 3:
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert "removed 3 simulated device(s) from the registry" in stderr
+    assert sim_device_ids(fleet_env) == before
+    assert all(_gone(pid) for pid in spawned)
 
 
 def test_fleet_sim_run_idevid_enrolls_renews_and_removes_its_vendor(
