@@ -323,6 +323,33 @@ def _applied(handler: BrokerProtocolHandler) -> None:
         reader.applied()
 
 
+async def _next(loop: asyncio.AbstractEventLoop, disconnect: asyncio.Future[Any],
+                *mailboxes: Mailbox[Any]) -> None:
+    """Wait until *disconnect* is resolved or one of *mailboxes* gets an item."""
+    wake: asyncio.Future[None] = loop.create_future()
+
+    def resolved(_: asyncio.Future[Any]) -> None:
+        if not wake.done():
+            wake.set_result(None)
+
+    disconnect.add_done_callback(resolved)
+    for mailbox in mailboxes:
+        mailbox.notify(wake)
+    try:
+        await wake
+    finally:
+        disconnect.remove_done_callback(resolved)
+        for mailbox in mailboxes:
+            mailbox.notify(None)
+
+
+def _done(loop: asyncio.AbstractEventLoop, result: Any) -> asyncio.Future[Any]:
+    """A future already resolved with *result* (amqtt's handlers take their waiter's)."""
+    future: asyncio.Future[Any] = loop.create_future()
+    future.set_result(result)
+    return future
+
+
 async def _nothing() -> None:
     """amqtt's per-connection retry of deliveries, which the broker does itself."""
 
@@ -499,6 +526,42 @@ class AmqttBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
             await self._stop_handler(handler)
         else:
             await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+
+    async def _client_message_loop(self, client_session: FleetSession,
+                                   handler: BrokerProtocolHandler) -> None:
+        """Stock's loop without its four tasks per connection (a disconnect waiter, one per
+        SUBSCRIBE / UNSUBSCRIBE queue, and one for the inbound message queue, which never
+        yields here: :class:`Inbound`) and the ``asyncio.wait`` over them, which an idle
+        connection holds for its whole life. The connection's own task waits on one future,
+        resolved when its disconnect waiter is or a SUBSCRIBE or UNSUBSCRIBE is queued, and
+        handles them in stock's order: the disconnect, then one SUBSCRIBE, then one
+        UNSUBSCRIBE per wake-up."""
+        subscriptions = handler._pending_subscriptions
+        unsubscriptions = handler._pending_unsubscriptions
+        if not isinstance(subscriptions, Mailbox) or not isinstance(unsubscriptions, Mailbox):
+            raise BrokerError("handler was not made by _initialize_client_session")
+        loop = asyncio.get_running_loop()
+        disconnect: asyncio.Future[Any] | None = handler._disconnect_waiter
+        if disconnect is None:  # the connection ended before the loop (wait_disconnect)
+            disconnect = loop.create_future()
+            disconnect.set_result(None)
+        connected = True
+        try:
+            while connected:
+                if not disconnect.done() and subscriptions.empty() \
+                        and unsubscriptions.empty():
+                    await _next(loop, disconnect, subscriptions, unsubscriptions)
+                if disconnect.done():
+                    await self._handle_disconnect(client_session, handler, disconnect)
+                    connected = False
+                if not subscriptions.empty():
+                    await self._handle_subscription(client_session, handler,
+                                                    _done(loop, subscriptions.get_nowait()))
+                if not unsubscriptions.empty():
+                    await self._handle_unsubscription(client_session, handler,
+                                                      _done(loop, unsubscriptions.get_nowait()))
+        except asyncio.CancelledError:  # as stock: the loop ends, the connection's task goes on
+            pass
 
     async def _handle_subscription(self, client_session: FleetSession,
                                    handler: BrokerProtocolHandler,

@@ -56,6 +56,11 @@ class Mailbox(Generic[T]):
                 self._waiter = None
         return self._items.pop(0)
 
+    def notify(self, waiter: asyncio.Future[None] | None) -> None:
+        """Resolve *waiter* with the next put (None: no longer), as :meth:`get` waits itself:
+        how a consumer waiting for several things at once waits here without a task."""
+        self._waiter = waiter
+
     def empty(self) -> bool:
         return not self._items
 
