@@ -35,7 +35,8 @@ Private, and why Fleet needs it:
   checks, quotas and routing (:class:`AmqttBroker`'s abstract methods). amqtt's own topic check
   (``Broker._topic_filtering``) sits only on paths this replaces (and the inbound queue that
   never yields, :class:`Inbound`), so no topic plugin is loaded.
-- ``BrokerProtocolHandler``: ``start`` (the disconnect waiter exists before the reader, S8),
+- ``BrokerProtocolHandler``: ``start`` (the disconnect waiter exists before the reader, S8;
+  its reader's two events are :class:`Flag` objects),
   its queues of pending SUBSCRIBE / UNSUBSCRIBE packets (a :class:`Mailbox` each), and
   ``_retry_deliveries`` (off: Fleet resends).
 - ``Session``: ``_init_states`` (no ``transitions`` machine per client), ``inflight_out`` with
@@ -56,9 +57,8 @@ from typing import Any, NamedTuple
 
 from amqtt.adapters import ReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker, RetainedApplicationMessage
-from amqtt.errors import BrokerError, MQTTError
+from amqtt.errors import BrokerError, MQTTError, ProtocolHandlerError
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.mqtt.protocol.handler import ProtocolHandler
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.session import OutgoingApplicationMessage, Session
@@ -312,8 +312,57 @@ class Handler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt is untyped
     """
 
     async def start(self) -> None:
+        """``ProtocolHandler.start`` with a :class:`Flag` for each of its two events."""
         self._disconnect_waiter = asyncio.get_running_loop().create_future()
-        await ProtocolHandler.start(self)
+        if not self._is_attached():
+            raise ProtocolHandlerError("Handler is not attached to a stream")
+        self._reader_ready = Flag()
+        self._reader_stopped = Flag()
+        self._reader_task = asyncio.create_task(self._reader_loop())
+        await self._reader_ready.wait()
+        if self._loop is not None and self.keepalive_timeout is not None:
+            self._keepalive_task = self._loop.call_later(self.keepalive_timeout,
+                                                         self.handle_write_timeout)
+        await self._retry_deliveries()
+
+
+class Flag:
+    """What amqtt's protocol handler uses of ``asyncio.Event`` (its reader's "ready" and
+    "stopped", held for a connection's life): an Event allocates a deque of 760 bytes for
+    its waiters; this keeps them in a list, made when one waits."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if self._value:
+            return
+        self._value = True
+        for waiter in self._waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.remove(waiter)
+        return True
 
 
 def _applied(handler: BrokerProtocolHandler) -> None:

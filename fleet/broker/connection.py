@@ -304,6 +304,9 @@ class ConnectionProtocol(asyncio.StreamReaderProtocol):
 
     def __init__(self, stream: asyncio.StreamReader) -> None:
         super().__init__(stream)
+        # asyncio's FlowControlMixin keeps the drain() waiters in a deque (760 bytes, for a
+        # connection's life); it only appends, removes and iterates: a list does the same.
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self.stream = stream
         self.writing_paused = False
         self.reading_paused = False
