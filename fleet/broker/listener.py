@@ -145,7 +145,9 @@ def limit_tls_read_buffer() -> None:
     idle client, and a source of heap fragmentation as connections come and go. The buffer
     only carries bytes from the socket to OpenSSL's input BIO, which reassembles records, so
     a small one costs nothing but an extra read for large messages. This applies to every
-    TLS connection asyncio makes in this process (the EST service in ``fleet up`` too)."""
+    TLS connection asyncio's own loop makes in this process (the EST service in ``fleet up``
+    too); uvloop (fleet.eventloop) has a TLS transport of its own, whose 256 KiB buffer is
+    allocated but resident only as far as it is written."""
     sslproto.SSLProtocol.max_size = min(sslproto.SSLProtocol.max_size, TLS_READ_BUFFER)
 
 
