@@ -603,30 +603,16 @@ class AmqttBroker(Broker):  # type: ignore[misc]  # amqtt is untyped
                 if disconnect.done():
                     await self._handle_disconnect(client_session, handler, disconnect)
                     connected = False
-                if not subscriptions.empty():
-                    await self._handle_subscription(client_session, handler,
-                                                    _done(loop, subscriptions.get_nowait()))
-                if not unsubscriptions.empty():
-                    await self._handle_unsubscription(client_session, handler,
-                                                      _done(loop, unsubscriptions.get_nowait()))
+                for mailbox, handle in ((subscriptions, self._handle_subscription),
+                                        (unsubscriptions, self._handle_unsubscription)):
+                    if not mailbox.empty():
+                        try:
+                            await handle(client_session, handler,
+                                         _done(loop, mailbox.get_nowait()))
+                        finally:  # its SUBACK / UNSUBACK is written: the reader goes on
+                            _applied(handler)
         except asyncio.CancelledError:  # as stock: the loop ends, the connection's task goes on
             pass
-
-    async def _handle_subscription(self, client_session: FleetSession,
-                                   handler: BrokerProtocolHandler,
-                                   subscribe_waiter: asyncio.Future[Any]) -> None:
-        try:
-            await super()._handle_subscription(client_session, handler, subscribe_waiter)
-        finally:
-            _applied(handler)
-
-    async def _handle_unsubscription(self, client_session: FleetSession,
-                                     handler: BrokerProtocolHandler,
-                                     unsubscribe_waiter: asyncio.Future[Any]) -> None:
-        try:
-            await super()._handle_unsubscription(client_session, handler, unsubscribe_waiter)
-        finally:
-            _applied(handler)
 
     async def _session_monitor(self) -> None:
         """amqtt's once-a-second scan of every session is not run: Fleet's broker discards a
